@@ -1,0 +1,110 @@
+"""The FastAPI application: ``create_app()`` builds one from settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from api.deps import Services
+from api.errors import install_error_handlers
+from api.routes import router
+from api.schemas import JobSpec
+from kegnet_service.db import session_factory, session_scope
+from kegnet_service.keys import seed_keys
+from kegnet_service.queue import ensure_broker_folders, make_celery
+from kegnet_service.reaper import reap_once
+from kegnet_service.settings import Settings, get_settings
+from kegnet_service.storage import open_store
+
+log = logging.getLogger("kegnet.api")
+
+DESCRIPTION = """
+Compress a trained classifier **without its training data**.
+
+Upload a TorchScript classifier with `POST /v1/jobs`; a worker extracts the
+model's knowledge into generator networks (KegNet), replaces layers by their
+Tucker factors and distills the smaller student on generated samples. Poll
+`GET /v1/jobs/{id}` and download the student from `GET /v1/jobs/{id}/model`.
+
+Every `/v1` call needs `Authorization: Bearer <API key>`.
+"""
+
+
+def build_services(settings: Settings) -> Services:
+    store = open_store(
+        settings.resolved_storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        public_endpoint_url=settings.s3_public_endpoint_url,
+        region=settings.s3_region,
+    )
+    return Services(
+        settings=settings,
+        sessions=session_factory(settings.resolved_database_url),
+        store=store,
+        celery=make_celery(settings),
+    )
+
+
+async def _reaper_loop(services: Services) -> None:
+    """Re-queue jobs whose worker stopped sending heartbeats."""
+    interval = max(services.settings.heartbeat_interval_s, 1.0)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(reap_once, services.settings, services.celery)
+        except Exception:  # the database or broker may be down; try again next round
+            log.warning("reaper round failed", exc_info=True)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = build_services(settings)
+        settings.home.mkdir(parents=True, exist_ok=True)
+        ensure_broker_folders(settings)
+        if settings.api_keys:
+            with session_scope(settings.resolved_database_url) as session:
+                seed_keys(session, settings.api_keys)
+        app.state.services = services
+        reaper = asyncio.create_task(_reaper_loop(services))
+        yield
+        reaper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reaper
+
+    app = FastAPI(
+        title="kegnet",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+    _document_spec(app)
+    return app
+
+
+def _document_spec(app: FastAPI) -> None:
+    """The spec travels as a JSON string in the form; publish its schema too."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            spec_schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {})["JobSpec"] = spec_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,232 @@
+"""``kegnet submit | jobs | status | download | cancel``: talking to a kegnet server.
+
+Plain HTTP with httpx; no torch, no server code.  The server is ``--url``,
+else ``$KEGNET_URL``, else http://127.0.0.1:8000; the key is ``--key``, else
+``$KEGNET_API_KEY``, else the key ``kegnet serve`` saved in ``$KEGNET_HOME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kegnet_cli.options import add_spec_options, spec_from_args
+from kegnet_cli.progress_bar import ProgressBar
+from kegnet_core.progress import ProgressEvent
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = ("succeeded", "failed", "cancelled")
+DOWNLOADS = {
+    "model": "student.pt",
+    "report": "report.json",
+    "samples": "samples.png",
+    "generators": "generators.zip",
+}
+ROUTES = {"model": "model", "report": "report", "samples": "samples.png", "generators": "generators"}
+
+
+class ClientError(Exception):
+    """The server said no, or could not be reached."""
+
+
+def _key(args: argparse.Namespace) -> str | None:
+    if args.key:
+        return str(args.key)
+    if os.environ.get("KEGNET_API_KEY"):
+        return os.environ["KEGNET_API_KEY"]
+    path = Path(os.environ.get("KEGNET_HOME", ".kegnet")) / "api_key"
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    headers = {}
+    key = _key(args)
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return httpx.Client(
+        base_url=args.url.rstrip("/"), headers=headers, timeout=httpx.Timeout(30.0, read=300.0)
+    )
+
+
+def _check(response: httpx.Response) -> httpx.Response:
+    if response.status_code < 400:
+        return response
+    try:
+        error = response.json()["error"]
+        message = f"{error['code']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:500]
+    raise ClientError(f"HTTP {response.status_code} {message}")
+
+
+def _request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    try:
+        return _check(client.request(method, path, **kwargs))
+    except httpx.HTTPError as exc:
+        raise ClientError(f"cannot reach {client.base_url}: {exc}") from exc
+
+
+def _download(client: httpx.Client, job_id: str, what: str, output: Path) -> Path:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.part")
+    try:
+        with client.stream("GET", f"/v1/jobs/{job_id}/{ROUTES[what]}", follow_redirects=True) as response:
+            if response.status_code >= 400:
+                response.read()
+                _check(response)
+            with open(partial, "wb") as handle:
+                for chunk in response.iter_bytes():
+                    handle.write(chunk)
+    except httpx.HTTPError as exc:
+        partial.unlink(missing_ok=True)
+        raise ClientError(f"download failed: {exc}") from exc
+    partial.replace(output)
+    return output
+
+
+def _wait(client: httpx.Client, job_id: str, interval: float) -> dict[str, Any]:
+    bar = ProgressBar()
+    try:
+        while True:
+            job: dict[str, Any] = _request(client, "GET", f"/v1/jobs/{job_id}").json()
+            if job["status"] in TERMINAL:
+                return job
+            metrics = (job.get("metrics") or {}).get("latest", {})
+            if job["stage"]:
+                shown = {
+                    k: v
+                    for k, v in metrics.items()
+                    if isinstance(v, (int, float)) and k not in ("step", "total")
+                }
+                bar(ProgressEvent(job["stage"], round(job["progress"] * 1000), 1000, shown))
+            time.sleep(interval)
+    finally:
+        bar.close()
+
+
+def submit(args: argparse.Namespace) -> int:
+    from kegnet_cli.offline import summary_lines
+
+    spec = spec_from_args(args, "extract" if args.extract else "compress")
+    model = Path(args.model)
+    if not model.is_file():
+        print(f"kegnet submit: no such file: {model}", file=sys.stderr)
+        return 2
+    with _client(args) as client:
+        headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+        with open(model, "rb") as handle:
+            files = {"model": (model.name, handle, "application/octet-stream")}
+            job = _request(
+                client, "POST", "/v1/jobs", files=files, data={"spec": json.dumps(spec)}, headers=headers
+            ).json()
+        print(f"job {job['id']} {job['status']}", file=sys.stderr)
+        if not args.wait:
+            print(job["id"])
+            return 0
+        job = _wait(client, job["id"], args.interval)
+        if job["status"] != "succeeded":
+            error = job.get("error") or {}
+            print(
+                f"job {job['id']} {job['status']}: {error.get('code', '')} {error.get('message', '')}",
+                file=sys.stderr,
+            )
+            return 1
+        what = "generators" if args.extract else "model"
+        default = f"{model.stem}_generators.zip" if args.extract else f"{model.stem}_student.pt"
+        output = _download(client, job["id"], what, Path(args.output or default))
+        report_path = output.with_name(f"{output.stem}_report.json")
+        report_path.write_text(json.dumps(job["report"], indent=2))
+        for line in summary_lines(job["report"]):
+            print(line)
+        print(f"wrote {output} and {report_path}")
+    return 0
+
+
+def list_jobs(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.status:
+        params["status"] = args.status
+    with _client(args) as client:
+        page = _request(client, "GET", "/v1/jobs", params=params).json()
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return 0
+    print(f"{'id':<34}{'status':<11}{'stage':<13}{'progress':>9}  {'ratio':>7}  model")
+    for job in page["items"]:
+        ratio = (job.get("report") or {}).get("compression_ratio")
+        print(
+            f"{job['id']:<34}{job['status']:<11}{job['stage'] or '-':<13}{job['progress'] * 100:8.1f}%"
+            f"  {f'{ratio:.2f}x' if ratio else '-':>7}  {job['model_name']}"
+        )
+    print(f"{page['total']} job(s)", file=sys.stderr)
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = _request(client, "GET", f"/v1/jobs/{args.job_id}").json()
+    print(json.dumps(job, indent=2))
+    return 0
+
+
+def download(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        output = _download(client, args.job_id, args.what, Path(args.output or DOWNLOADS[args.what]))
+    print(f"wrote {output}")
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = _request(client, "POST", f"/v1/jobs/{args.job_id}/cancel").json()
+    print(f"job {job['id']} {job['status']}{' (cancel requested)' if job['status'] == 'running' else ''}")
+    return 0
+
+
+def _connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("KEGNET_URL", DEFAULT_URL), help="the kegnet server")
+    parser.add_argument("--key", help="API key (default $KEGNET_API_KEY or $KEGNET_HOME/api_key)")
+
+
+def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    submit_parser = commands.add_parser("submit", help="upload a model to a kegnet server")
+    submit_parser.add_argument("model", help="the teacher: a TorchScript file")
+    add_spec_options(submit_parser)
+    submit_parser.add_argument("--extract", action="store_true", help="train generators only")
+    submit_parser.add_argument("--wait", action="store_true", help="follow the job, then download the result")
+    submit_parser.add_argument("-o", "--output", help="where --wait saves the result")
+    submit_parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    submit_parser.add_argument("--idempotency-key", help="retrying with the same key returns the same job")
+    _connection_options(submit_parser)
+    submit_parser.set_defaults(handler=submit)
+
+    jobs_parser = commands.add_parser("jobs", help="list your jobs")
+    jobs_parser.add_argument("--status", action="append", help="only jobs in this status (repeatable)")
+    jobs_parser.add_argument("--limit", type=int, default=20)
+    jobs_parser.add_argument("--json", action="store_true")
+    _connection_options(jobs_parser)
+    jobs_parser.set_defaults(handler=list_jobs)
+
+    status_parser = commands.add_parser("status", help="show one job")
+    status_parser.add_argument("job_id")
+    _connection_options(status_parser)
+    status_parser.set_defaults(handler=status)
+
+    download_parser = commands.add_parser("download", help="download a finished job's result")
+    download_parser.add_argument("job_id")
+    download_parser.add_argument("--what", choices=list(DOWNLOADS), default="model")
+    download_parser.add_argument("-o", "--output")
+    _connection_options(download_parser)
+    download_parser.set_defaults(handler=download)
+
+    cancel_parser = commands.add_parser("cancel", help="cancel a job")
+    cancel_parser.add_argument("job_id")
+    _connection_options(cancel_parser)
+    cancel_parser.set_defaults(handler=cancel)

@@ -1,0 +1,85 @@
+"""Parsing the command line's compression options into a job spec (a plain dict).
+
+The same dict is what ``POST /v1/jobs`` takes as ``spec``, so the offline
+``compress`` and the client's ``submit`` accept exactly the same options.
+This module imports neither torch nor the web stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from kegnet_core.config import PRESETS, PRIORS
+
+
+def parse_shape(text: str) -> list[int]:
+    """``"1,32,32"`` -> ``[1, 32, 32]``."""
+    try:
+        shape = [int(part) for part in text.replace("x", ",").split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"input shape must be comma-separated integers, got {text!r}"
+        ) from None
+    if len(shape) not in (1, 3) or any(size <= 0 for size in shape):
+        raise argparse.ArgumentTypeError(f"input shape must be C,H,W or D with positive sizes, got {text!r}")
+    return shape
+
+
+def parse_ranks(text: str) -> str | float | dict[str, list[int]]:
+    """``evbmf``, a keep fraction (``0.5``), JSON, or ``conv3=11:7,conv2=4:3``."""
+    if text == "evbmf":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"--ranks JSON is invalid: {exc}") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError("--ranks JSON must be an object of layer: [out, in]")
+        return value
+    ranks: dict[str, list[int]] = {}
+    for item in text.split(","):
+        name, _, pair = item.partition("=")
+        try:
+            out_rank, in_rank = (int(part) for part in pair.split(":"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--ranks must be evbmf, a fraction, or layer=OUT:IN pairs, got {item!r}"
+            ) from None
+        ranks[name.strip()] = [out_rank, in_rank]
+    return ranks
+
+
+def add_spec_options(parser: argparse.ArgumentParser) -> None:
+    """The options shared by ``compress``, ``extract`` and ``submit``."""
+    parser.add_argument("--input-shape", required=True, type=parse_shape, help="C,H,W (or D for vectors)")
+    parser.add_argument(
+        "--layers",
+        help="comma-separated module paths to factorise (default: every layer that gets smaller, "
+        "except the output layer)",
+    )
+    parser.add_argument("--ranks", type=parse_ranks, default="evbmf", help="evbmf | 0.5 | conv3=11:7,...")
+    parser.add_argument("--target-ratio", type=float, help="choose ranks so the model shrinks this much")
+    parser.add_argument("--prior", choices=PRIORS, default="kegnet", help="where training samples come from")
+    parser.add_argument("--preset", choices=list(PRESETS), default="default")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def spec_from_args(args: argparse.Namespace, task: str = "compress") -> dict[str, Any]:
+    """The job spec dict from parsed options."""
+    return {
+        "input_shape": args.input_shape,
+        "layers": [name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None,
+        "ranks": args.ranks,
+        "target_ratio": args.target_ratio,
+        "prior": args.prior,
+        "preset": args.preset,
+        "seed": args.seed,
+        "task": task,
+    }

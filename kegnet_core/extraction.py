@@ -1,0 +1,147 @@
+"""Knowledge extraction: train generators that the teacher reads as each class.
+
+One generator and decoder pair is trained per seed with three losses: the
+teacher must classify G(y, z) as y (classifier loss), a decoder must recover
+z from G(y, z) (decoder loss, so different z give different samples), and
+samples of one batch must differ as much as their noise vectors do (diversity
+loss).  A zero-weight loss is not computed at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from kegnet_core.config import ExtractionConfig
+from kegnet_core.generators import Decoder, build_generator
+from kegnet_core.losses import classifier_loss, decoder_loss, diversity_loss, smoothness_loss
+from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
+from kegnet_core.sampling import noise, seeded_init, training_labels
+
+
+@dataclass
+class TrainedGenerator:
+    """A trained generator (in eval mode), its seed and its per-epoch losses."""
+
+    generator: nn.Module
+    seed: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train_generator(
+    teacher: nn.Module,
+    *,
+    input_shape: Sequence[int],
+    n_classes: int,
+    config: ExtractionConfig,
+    seed: int,
+    device: torch.device,
+    progress: ProgressCallback = ignore_progress,
+    step_offset: int = 0,
+    total_steps: int | None = None,
+    label: str = "",
+) -> TrainedGenerator:
+    """Train one generator against a frozen teacher.
+
+    ``step_offset`` and ``total_steps`` place this generator's steps within a
+    longer stage for progress reporting (several generators in a row).
+    """
+    with seeded_init(seed):
+        generator = build_generator(input_shape, n_classes, config.noise_dim, config.generator_channels)
+        n_inputs = 1
+        for size in input_shape:
+            n_inputs *= int(size)
+        decoder = Decoder(n_inputs, config.noise_dim, config.decoder_hidden_layers, config.decoder_units)
+    generator.to(device).train()
+    decoder.to(device).train()
+    rng = torch.Generator(device).manual_seed(seed)
+    optimizer = torch.optim.Adam([*generator.parameters(), *decoder.parameters()], lr=config.learning_rate)
+    total = total_steps or config.steps
+    history: list[dict[str, float]] = []
+    sums = torch.zeros(5, device=device)  # classifier, decoder, diversity, total, correct
+    for step in range(config.steps):
+        labels = training_labels(config.batch_size, n_classes, config.label_mix, rng, device)
+        z = noise(config.batch_size, config.noise_dim, rng, device)
+        samples = generator(labels, z)
+        logits = teacher(samples)
+        loss_cls = classifier_loss(logits, labels)
+        loss_dec = (
+            decoder_loss(decoder(samples), z) * config.decoder_weight
+            if config.decoder_weight
+            else torch.zeros((), device=device)
+        )
+        loss_div = (
+            diversity_loss(z, samples) * config.diversity_weight
+            if config.diversity_weight
+            else torch.zeros((), device=device)
+        )
+        loss_smooth = (
+            smoothness_loss(samples) * config.smoothness_weight
+            if config.smoothness_weight
+            else torch.zeros((), device=device)
+        )
+        loss = loss_cls + loss_dec + loss_div + loss_smooth
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            correct = (logits.argmax(1) == labels.argmax(1)).float().mean()
+            sums += torch.stack((loss_cls, loss_dec, loss_div, loss, correct)).detach()
+        if (step + 1) % config.batches_per_epoch == 0 or step + 1 == config.steps:
+            count = (step % config.batches_per_epoch) + 1
+            values = (sums / count).tolist()
+            sums.zero_()
+            record = {
+                "epoch": len(history) + 1,
+                "classifier_loss": values[0],
+                "decoder_loss": values[1],
+                "diversity_loss": values[2],
+                "loss": values[3],
+                "accuracy": values[4],
+            }
+            history.append(record)
+            progress(ProgressEvent("extracting", step_offset + step + 1, total, _metrics(record), label))
+        else:
+            progress(ProgressEvent("extracting", step_offset + step + 1, total, {}, label))
+    generator.eval()
+    return TrainedGenerator(generator=generator, seed=seed, history=history)
+
+
+def _metrics(record: dict[str, float]) -> dict[str, float]:
+    return {key: float(value) for key, value in record.items() if key != "epoch"}
+
+
+def extract_generators(
+    teacher: nn.Module,
+    *,
+    input_shape: Sequence[int],
+    n_classes: int,
+    config: ExtractionConfig,
+    seed: int,
+    device: torch.device,
+    progress: ProgressCallback = ignore_progress,
+) -> list[TrainedGenerator]:
+    """Train ``config.generators`` generators, each with its own seed."""
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    trained = []
+    total = config.generators * config.steps
+    for index in range(config.generators):
+        trained.append(
+            train_generator(
+                teacher,
+                input_shape=input_shape,
+                n_classes=n_classes,
+                config=config,
+                seed=seed * 1000 + index,
+                device=device,
+                progress=progress,
+                step_offset=index * config.steps,
+                total_steps=total,
+                label=f"generator {index + 1}/{config.generators}",
+            )
+        )
+    return trained

@@ -1,0 +1,31 @@
+"""Progress reporting: the core calls back, the caller decides what it becomes.
+
+A progress bar in the CLI, throttled row updates in the worker, nothing in a
+test.  A callback may raise :class:`kegnet_core.errors.Cancelled` to stop the
+run at the step it is told about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+STAGES = ("validating", "extracting", "compressing", "distilling", "exporting")
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One step of one stage; ``metrics`` are the losses or scores at that step."""
+
+    stage: str
+    step: int
+    total: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    detail: str = ""
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def ignore_progress(event: ProgressEvent) -> None:
+    """The callback that does nothing."""

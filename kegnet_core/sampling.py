@@ -1,0 +1,152 @@
+"""Where training inputs come from: trained generators, or the paper's baselines.
+
+Every source draws from an explicit ``torch.Generator`` so a seed fixes the
+samples; none touches the global random state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Protocol
+
+import torch
+from torch import nn
+
+
+@contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Seed weight initialisation (on the CPU) without disturbing the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
+def one_hot_labels(count: int, n_classes: int, rng: torch.Generator, device: torch.device) -> torch.Tensor:
+    """``count`` one-hot rows, classes uniform at random: (count, n_classes)."""
+    classes = torch.randint(0, n_classes, (count,), generator=rng, device=device)
+    return torch.nn.functional.one_hot(classes, n_classes).float()
+
+
+def mixed_labels(count: int, n_classes: int, rng: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Rows mixing two random classes with a random weight: points between classes."""
+    first = one_hot_labels(count, n_classes, rng, device)
+    second = one_hot_labels(count, n_classes, rng, device)
+    weight = torch.rand(count, 1, generator=rng, device=device)
+    return weight * first + (1 - weight) * second
+
+
+def training_labels(
+    count: int, n_classes: int, mix: float, rng: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """One-hot rows, except a share ``mix`` of two-class mixtures (shuffled in)."""
+    mixed = round(count * mix)
+    labels = one_hot_labels(count - mixed, n_classes, rng, device)
+    if mixed:
+        labels = torch.cat((labels, mixed_labels(mixed, n_classes, rng, device)))
+    return labels
+
+
+def noise(count: int, dim: int, rng: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.randn(count, dim, generator=rng, device=device)
+
+
+class SampleSource(Protocol):
+    """Anything that can draw a batch of teacher inputs."""
+
+    def sample(self, count: int, rng: torch.Generator) -> torch.Tensor: ...
+
+
+class GeneratorSource:
+    """Samples from trained generators in equal shares, as the paper does."""
+
+    def __init__(
+        self,
+        generators: Sequence[nn.Module],
+        n_classes: int,
+        noise_dim: int,
+        label_mix: float = 0.0,
+        noise_scale: float = 1.0,
+    ) -> None:
+        if not generators:
+            raise ValueError("GeneratorSource needs at least one generator")
+        self.generators = list(generators)
+        self.n_classes = n_classes
+        self.noise_dim = noise_dim
+        self.label_mix = label_mix
+        self.noise_scale = noise_scale
+
+    @torch.no_grad()
+    def sample(self, count: int, rng: torch.Generator) -> torch.Tensor:
+        device = rng.device
+        shares = [count // len(self.generators)] * len(self.generators)
+        for index in range(count - sum(shares)):
+            shares[index] += 1
+        batches = []
+        for generator, share in zip(self.generators, shares, strict=True):
+            if share == 0:
+                continue
+            labels = training_labels(share, self.n_classes, self.label_mix, rng, device)
+            batches.append(generator(labels, noise(share, self.noise_dim, rng, device) * self.noise_scale))
+        return torch.cat(batches)
+
+
+class UniformSource:
+    """The paper's T+Uniform baseline: inputs from U(-1, 1)."""
+
+    def __init__(self, input_shape: Sequence[int]) -> None:
+        self.input_shape = tuple(input_shape)
+
+    def sample(self, count: int, rng: torch.Generator) -> torch.Tensor:
+        return torch.rand(count, *self.input_shape, generator=rng, device=rng.device) * 2 - 1
+
+
+class GaussianSource:
+    """The paper's T+Gaussian baseline: inputs from N(0, 1)."""
+
+    def __init__(self, input_shape: Sequence[int]) -> None:
+        self.input_shape = tuple(input_shape)
+
+    def sample(self, count: int, rng: torch.Generator) -> torch.Tensor:
+        return torch.randn(count, *self.input_shape, generator=rng, device=rng.device)
+
+
+def random_shift(images: torch.Tensor, max_shift: int, rng: torch.Generator) -> torch.Tensor:
+    """Translate each image by its own random offset, filling with zeros."""
+    count, channels, height, width = images.shape
+    device = images.device
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4)
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, count), generator=rng, device=device)
+    rows = torch.arange(height, device=device) + offsets[0, :, None]  # (B, H)
+    cols = torch.arange(width, device=device) + offsets[1, :, None]  # (B, W)
+    batch = torch.arange(count, device=device)[:, None, None, None]
+    channel = torch.arange(channels, device=device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class AugmentedSource:
+    """Widens another source: random shifts and mixtures of pairs of samples.
+
+    The teacher labels whatever input it is given, so any transformation stays
+    label-consistent; shifted and blended samples cover more of the space
+    around the generated ones, where the student must also agree.
+    """
+
+    def __init__(self, base: SampleSource, max_shift: int = 0, mix: float = 0.0) -> None:
+        self.base = base
+        self.max_shift = max_shift
+        self.mix = mix
+
+    def sample(self, count: int, rng: torch.Generator) -> torch.Tensor:
+        samples = self.base.sample(count, rng)
+        device = samples.device
+        if self.max_shift > 0 and samples.dim() == 4:
+            samples = random_shift(samples, self.max_shift, rng)
+        mixed = round(count * self.mix)
+        if mixed:
+            partner = torch.randint(0, count, (mixed,), generator=rng, device=device)
+            shape = (mixed,) + (1,) * (samples.dim() - 1)
+            weight = torch.rand(shape, generator=rng, device=device)
+            blended = weight * samples[:mixed] + (1 - weight) * samples[partner]
+            samples = torch.cat((blended, samples[mixed:]))
+        return samples

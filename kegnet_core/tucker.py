@@ -1,0 +1,370 @@
+"""Tucker-2 factorised layers and the choice of which layers and ranks to use.
+
+A Conv2d weight (out, in, k, k) factorises over its two channel modes into
+``out_factor (out, r_out)``, ``core (r_out, r_in, k, k)`` and
+``in_factor (in, r_in)``: a 1x1 conv down to r_in channels, the core KxK conv,
+and a 1x1 conv up to ``out`` channels that keeps the bias.  A Linear weight is
+the same with k = 1.  Factorisation follows KegNet's reference: partial
+Tucker by higher-order orthogonal iteration from an SVD start.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import tensorly
+import torch
+from tensorly.decomposition import partial_tucker
+from torch import fx, nn
+
+from kegnet_core.errors import SpecError
+from kegnet_core.evbmf import evbmf_rank
+
+Ranks = tuple[int, int]  # (out_rank, in_rank)
+
+
+def tucker2(
+    weight: torch.Tensor, ranks: Ranks, *, n_iter_max: int = 100, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Partial Tucker of ``weight`` over modes 0 and 1: (core, out_factor, in_factor)."""
+    array = weight.detach().to("cpu", torch.float64).numpy()
+    with tensorly.backend_context("numpy"):
+        (core, (out_factor, in_factor)), _errors = partial_tucker(
+            array, rank=list(ranks), modes=[0, 1], init="svd", n_iter_max=n_iter_max, random_state=seed
+        )
+    dtype = weight.dtype
+    return (
+        torch.as_tensor(core, dtype=dtype),
+        torch.as_tensor(out_factor, dtype=dtype),
+        torch.as_tensor(in_factor, dtype=dtype),
+    )
+
+
+class TuckerConv2d(nn.Module):
+    """1x1 conv (in -> r_in), KxK core conv (r_in -> r_out), 1x1 conv (r_out -> out)."""
+
+    def __init__(self, conv: nn.Conv2d, ranks: Ranks) -> None:
+        super().__init__()
+        out_rank, in_rank = ranks
+        self.first = nn.Conv2d(conv.in_channels, in_rank, 1, bias=False)
+        self.core = nn.Conv2d(
+            in_rank,
+            out_rank,
+            conv.kernel_size,  # type: ignore[arg-type]
+            stride=conv.stride,  # type: ignore[arg-type]
+            padding=conv.padding,  # type: ignore[arg-type]
+            dilation=conv.dilation,  # type: ignore[arg-type]
+            bias=False,
+            padding_mode=conv.padding_mode,
+        )
+        self.last = nn.Conv2d(out_rank, conv.out_channels, 1, bias=conv.bias is not None)
+
+    @classmethod
+    def from_conv(
+        cls, conv: nn.Conv2d, ranks: Ranks, *, n_iter_max: int = 100, seed: int = 0
+    ) -> TuckerConv2d:
+        """The factorised twin of ``conv``, initialised by its partial Tucker."""
+        if conv.groups != 1:
+            raise ValueError("only convolutions with groups=1 can be Tucker-factorised")
+        layer = cls(conv, ranks)
+        core, out_factor, in_factor = tucker2(conv.weight, ranks, n_iter_max=n_iter_max, seed=seed)
+        with torch.no_grad():
+            layer.first.weight.copy_(in_factor.T[:, :, None, None])  # (r_in, in, 1, 1)
+            layer.core.weight.copy_(core)  # (r_out, r_in, k, k)
+            layer.last.weight.copy_(out_factor[:, :, None, None])  # (out, r_out, 1, 1)
+            if conv.bias is not None:
+                layer.last.bias.copy_(conv.bias)
+        return layer.to(conv.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.core(self.first(x)))
+
+
+class TuckerLinear(nn.Module):
+    """Linear in -> r_in, core r_in -> r_out, Linear r_out -> out (with the bias)."""
+
+    def __init__(self, linear: nn.Linear, ranks: Ranks) -> None:
+        super().__init__()
+        out_rank, in_rank = ranks
+        self.first = nn.Linear(linear.in_features, in_rank, bias=False)
+        self.core = nn.Linear(in_rank, out_rank, bias=False)
+        self.last = nn.Linear(out_rank, linear.out_features, bias=linear.bias is not None)
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear, ranks: Ranks, *, n_iter_max: int = 100, seed: int = 0
+    ) -> TuckerLinear:
+        """The factorised twin of ``linear``, initialised by its partial Tucker."""
+        layer = cls(linear, ranks)
+        core, out_factor, in_factor = tucker2(linear.weight, ranks, n_iter_max=n_iter_max, seed=seed)
+        with torch.no_grad():
+            layer.first.weight.copy_(in_factor.T)  # (r_in, in)
+            layer.core.weight.copy_(core)  # (r_out, r_in)
+            layer.last.weight.copy_(out_factor)  # (out, r_out)
+            if linear.bias is not None:
+                layer.last.bias.copy_(linear.bias)
+        return layer.to(linear.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.core(self.first(x)))
+
+
+# --------------------------------------------------------------------------
+# Which layers, which ranks
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer to factorise: its path, shape and chosen ranks."""
+
+    name: str
+    kind: str  # "conv2d" or "linear"
+    weight_shape: tuple[int, ...]
+    ranks: Ranks
+    params_before: int
+    params_after: int
+
+
+@dataclass(frozen=True)
+class CompressionPlan:
+    """The layers to factorise and what the whole model's size becomes."""
+
+    layers: tuple[LayerPlan, ...]
+    params_before: int
+    params_after: int
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.params_before / self.params_after
+
+    @property
+    def ranks(self) -> dict[str, list[int]]:
+        return {layer.name: list(layer.ranks) for layer in self.layers}
+
+
+def factorisable_layers(model: nn.Module) -> dict[str, nn.Conv2d | nn.Linear]:
+    """Every Conv2d with groups=1 and every Linear, by module path."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if (isinstance(module, nn.Conv2d) and module.groups == 1) or isinstance(module, nn.Linear)
+    }
+
+
+def output_layer(model: nn.Module) -> str | None:
+    """The factorisable layer that runs last (in a traced graph, by execution order).
+
+    By default it is left dense: it produces the class scores, and a low rank
+    there caps how many classes the student can tell apart.
+    """
+    layers = factorisable_layers(model)
+    if isinstance(model, fx.GraphModule):
+        calls = [str(node.target) for node in model.graph.nodes if node.op == "call_module"]
+        ordered = [name for name in calls if name in layers]
+    else:
+        ordered = list(layers)
+    return ordered[-1] if ordered else None
+
+
+def _weight_3d(module: nn.Conv2d | nn.Linear) -> torch.Tensor:
+    weight = module.weight.detach()
+    return weight if weight.dim() == 4 else weight[:, :, None, None]
+
+
+def factorised_params(module: nn.Conv2d | nn.Linear, ranks: Ranks) -> int:
+    """Parameters of the Tucker-2 twin of ``module`` at ``ranks``."""
+    out_channels, in_channels, kh, kw = _weight_3d(module).shape
+    out_rank, in_rank = ranks
+    bias = out_channels if module.bias is not None else 0
+    return in_channels * in_rank + out_rank * in_rank * kh * kw + out_rank * out_channels + bias
+
+
+def dense_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters(recurse=False))
+
+
+def _unfoldings(module: nn.Conv2d | nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    weight = _weight_3d(module)
+    return weight.flatten(1), weight.transpose(0, 1).flatten(1)
+
+
+def evbmf_ranks(module: nn.Conv2d | nn.Linear) -> Ranks:
+    """Ranks EVBMF keeps on the output- and input-channel unfoldings (at least 1)."""
+    out_unfolding, in_unfolding = _unfoldings(module)
+    return max(1, evbmf_rank(out_unfolding)), max(1, evbmf_rank(in_unfolding))
+
+
+def fraction_ranks(module: nn.Conv2d | nn.Linear, keep: float) -> Ranks:
+    out_channels, in_channels = _weight_3d(module).shape[:2]
+    return max(1, round(keep * out_channels)), max(1, round(keep * in_channels))
+
+
+def _energy_rank(matrix: torch.Tensor, energy: float) -> int:
+    """Smallest rank whose singular values hold ``energy`` of the squared total."""
+    s2 = torch.linalg.svdvals(matrix.to(torch.float64)) ** 2
+    cumulative = torch.cumsum(s2, 0) / s2.sum()
+    return min(int(torch.searchsorted(cumulative, torch.tensor(energy, dtype=torch.float64))) + 1, len(s2))
+
+
+def _energy_ranks(module: nn.Conv2d | nn.Linear, energy: float) -> Ranks:
+    out_unfolding, in_unfolding = _unfoldings(module)
+    return _energy_rank(out_unfolding, energy), _energy_rank(in_unfolding, energy)
+
+
+RankSpec = str | float | Mapping[str, Sequence[int]]
+
+
+def _explicit_ranks(name: str, module: nn.Conv2d | nn.Linear, ranks: Sequence[int]) -> Ranks:
+    out_channels, in_channels = _weight_3d(module).shape[:2]
+    if len(ranks) != 2 or not all(isinstance(r, int) for r in ranks):
+        raise SpecError(f"ranks for {name!r} must be [out_rank, in_rank], got {list(ranks)}", field="ranks")
+    out_rank, in_rank = ranks
+    if not (1 <= out_rank <= out_channels and 1 <= in_rank <= in_channels):
+        raise SpecError(
+            f"ranks {list(ranks)} for {name!r} are impossible: out_rank must be in 1..{out_channels} "
+            f"and in_rank in 1..{in_channels}",
+            field="ranks",
+        )
+    return out_rank, in_rank
+
+
+def _choose_layers(
+    candidates: dict[str, nn.Conv2d | nn.Linear], all_modules: dict[str, nn.Module], layers: Sequence[str]
+) -> dict[str, nn.Conv2d | nn.Linear]:
+    chosen: dict[str, nn.Conv2d | nn.Linear] = {}
+    for name in layers:
+        if name not in candidates:
+            if name in all_modules:
+                raise SpecError(
+                    f"layer {name!r} is a {type(all_modules[name]).__name__}; only Conv2d (groups=1) "
+                    "and Linear layers can be factorised",
+                    field="layers",
+                )
+            known = ", ".join(sorted(candidates)) or "none"
+            raise SpecError(
+                f"layer {name!r} is not in the model; factorisable layers: {known}", field="layers"
+            )
+        chosen[name] = candidates[name]
+    return chosen
+
+
+def plan_compression(
+    model: nn.Module,
+    *,
+    layers: Sequence[str] | None = None,
+    ranks: RankSpec = "evbmf",
+    target_ratio: float | None = None,
+) -> CompressionPlan:
+    """Choose the layers and ranks to factorise.
+
+    ``layers`` names module paths; ``None`` means every layer where the chosen
+    ranks save parameters, except the output layer.  ``ranks`` is
+    ``"evbmf"``, a keep fraction in (0, 1], or ``{layer: [out_rank, in_rank]}``
+    (which then also names the layers).  ``target_ratio`` overrides ``ranks``:
+    one energy level for all layers is searched so that the whole model
+    shrinks at least that much.
+    """
+    candidates = factorisable_layers(model)
+    if layers is None and isinstance(ranks, Mapping) and target_ratio is None:
+        layers = list(ranks)  # explicit ranks name their layers
+    if layers is None:
+        last = output_layer(model)
+        chosen = {name: module for name, module in candidates.items() if name != last}
+    else:
+        chosen = _choose_layers(candidates, dict(model.named_modules()), layers)
+    total = sum(p.numel() for p in model.parameters())
+    if target_ratio is not None:
+        return _plan_for_ratio(chosen, total, target_ratio, explicit=layers is not None)
+
+    if isinstance(ranks, Mapping):
+        unknown = sorted(set(ranks) - set(chosen))
+        if unknown:
+            raise SpecError(f"ranks given for layers that are not chosen: {unknown}", field="ranks")
+        missing = sorted(set(chosen) - set(ranks))
+        if missing:
+            raise SpecError(f"ranks missing for chosen layers: {missing}", field="ranks")
+        picked = {name: _explicit_ranks(name, module, ranks[name]) for name, module in chosen.items()}
+    elif isinstance(ranks, str):
+        if ranks != "evbmf":
+            raise SpecError(f"ranks must be 'evbmf', a fraction or a mapping, got {ranks!r}", field="ranks")
+        picked = {name: evbmf_ranks(module) for name, module in chosen.items()}
+    elif isinstance(ranks, (int, float)) and not isinstance(ranks, bool):
+        if not 0 < ranks <= 1:
+            raise SpecError(f"a keep fraction must be in (0, 1], got {ranks}", field="ranks")
+        picked = {name: fraction_ranks(module, float(ranks)) for name, module in chosen.items()}
+    else:
+        raise SpecError(f"ranks must be 'evbmf', a fraction or a mapping, got {ranks!r}", field="ranks")
+    return _make_plan(chosen, picked, total, keep_all=layers is not None)
+
+
+def _make_plan(
+    chosen: dict[str, nn.Conv2d | nn.Linear], picked: dict[str, Ranks], total: int, *, keep_all: bool
+) -> CompressionPlan:
+    plans = []
+    after = total
+    for name, module in chosen.items():
+        before, factorised = dense_params(module), factorised_params(module, picked[name])
+        if factorised >= before and not keep_all:
+            continue  # factorising this layer would not save anything
+        plans.append(
+            LayerPlan(
+                name=name,
+                kind="conv2d" if isinstance(module, nn.Conv2d) else "linear",
+                weight_shape=tuple(module.weight.shape),
+                ranks=picked[name],
+                params_before=before,
+                params_after=factorised,
+            )
+        )
+        after += factorised - before
+    return CompressionPlan(layers=tuple(plans), params_before=total, params_after=after)
+
+
+def _plan_for_ratio(
+    chosen: dict[str, nn.Conv2d | nn.Linear], total: int, target: float, *, explicit: bool
+) -> CompressionPlan:
+    if not target > 1:
+        raise SpecError(f"target_ratio must be above 1, got {target}", field="target_ratio")
+
+    def plan_at(energy: float) -> CompressionPlan:
+        picked = {name: _energy_ranks(module, energy) for name, module in chosen.items()}
+        return _make_plan(chosen, picked, total, keep_all=False)
+
+    smallest = _make_plan(chosen, {name: (1, 1) for name in chosen}, total, keep_all=False)
+    if smallest.compression_ratio < target:
+        raise SpecError(
+            f"target_ratio {target} is out of reach: factorising "
+            f"{'these layers' if explicit else 'every layer'} at rank 1 gives "
+            f"{smallest.compression_ratio:.2f}x",
+            field="target_ratio",
+        )
+    low, high = 0.0, 1.0  # plan_at(low) meets the target; find the highest energy that does
+    best = smallest
+    for _ in range(30):
+        middle = (low + high) / 2
+        plan = plan_at(middle)
+        if plan.compression_ratio >= target:
+            low, best = middle, plan
+        else:
+            high = middle
+    return best
+
+
+def apply_plan(
+    model: nn.Module, plan: CompressionPlan, *, n_iter_max: int = 100, seed: int = 0, inplace: bool = False
+) -> nn.Module:
+    """The model with each planned layer swapped for its Tucker-2 twin."""
+    student = model if inplace else copy.deepcopy(model)
+    for layer in plan.layers:
+        module = student.get_submodule(layer.name)
+        twin: nn.Module
+        if isinstance(module, nn.Conv2d):
+            twin = TuckerConv2d.from_conv(module, layer.ranks, n_iter_max=n_iter_max, seed=seed)
+        elif isinstance(module, nn.Linear):
+            twin = TuckerLinear.from_linear(module, layer.ranks, n_iter_max=n_iter_max, seed=seed)
+        else:
+            raise TypeError(f"{layer.name} is a {type(module).__name__}, not Conv2d or Linear")
+        student.set_submodule(layer.name, twin)
+    return student

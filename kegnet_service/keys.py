@@ -1,0 +1,80 @@
+"""API keys: random tokens, stored only as SHA-256 hashes.
+
+A key is shown once, when it is made.  ``KEGNET_API_KEYS`` seeds keys at
+start-up for scripts and tests: ``owner:key`` pairs, or bare keys (each then
+its own owner), comma-separated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kegnet_service.jobs import now
+from kegnet_service.models import ApiKey
+
+KEY_PREFIX = "kg_"
+MIN_KEY_LENGTH = 16
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, *, owner: str) -> str:
+    """A new key for ``owner``; the plain key is returned and never stored."""
+    if not owner or len(owner) > 128:
+        raise ValueError("owner must be 1 to 128 characters")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiKey(owner=owner, key_hash=hash_key(key), prefix=key[:8], created_at=now(), revoked=False))
+    session.flush()
+    return key
+
+
+def add_key(session: Session, *, owner: str, key: str) -> None:
+    """Store a given key (seeding); a key already stored is left as it is."""
+    if len(key) < MIN_KEY_LENGTH:
+        raise ValueError(f"API keys must be at least {MIN_KEY_LENGTH} characters")
+    digest = hash_key(key)
+    if session.scalar(select(ApiKey.id).where(ApiKey.key_hash == digest)) is None:
+        session.add(ApiKey(owner=owner, key_hash=digest, prefix=key[:8], created_at=now(), revoked=False))
+        session.flush()
+
+
+def parse_seed(text: str) -> list[tuple[str, str]]:
+    """``"alice:k1,k2"`` -> ``[("alice", "k1"), ("k2", "k2")]``."""
+    pairs = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        owner, separator, key = item.partition(":")
+        pairs.append((owner, key) if separator else (item, item))
+    return pairs
+
+
+def seed_keys(session: Session, text: str) -> int:
+    pairs = parse_seed(text)
+    for owner, key in pairs:
+        add_key(session, owner=owner, key=key)
+    return len(pairs)
+
+
+def owner_of(session: Session, key: str) -> str | None:
+    """The owner of a valid, unrevoked key, else None."""
+    digest = hash_key(key)
+    row = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked.is_(False))).first()
+    if row is None or not hmac.compare_digest(row.key_hash, digest):
+        return None
+    return row.owner
+
+
+def revoke_keys(session: Session, *, prefix: str) -> int:
+    rows = list(session.scalars(select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked.is_(False))))
+    for row in rows:
+        row.revoked = True
+    session.flush()
+    return len(rows)

@@ -1,0 +1,129 @@
+"""Loading TorchScript classifiers as editable models with the same function."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from kegnet_core.archive import ArchiveLimits, inspect_torchscript_archive
+from kegnet_core.errors import InvalidModelFileError, ModelRunError, UnsupportedModelError
+from kegnet_core.loading import load_classifier
+from kegnet_core.zoo import LeNet5, ResNet14, load_paper_teacher
+
+from .models import FunctionalNet, TinyCNN, TinyMLP, randomise_batchnorm, torchscript_bytes
+
+CASES = [
+    ("lenet5", LeNet5, (1, 32, 32), ["conv1", "conv2", "conv3", "fc1", "fc2"]),
+    ("resnet14", lambda: ResNet14(3), (3, 32, 32), ["conv1", "layers1.0.conv1", "layers3.1.conv2", "linear"]),
+    ("tiny_cnn", TinyCNN, (1, 8, 8), ["stem.0", "block.0", "head"]),
+    ("functional", FunctionalNet, (3, 5, 5), ["conv", "grouped", "fc"]),
+    ("mlp", TinyMLP, (12,), ["net.0", "net.3.0", "net.4"]),
+]
+
+
+@pytest.mark.parametrize("trace", [False, True], ids=["scripted", "traced"])
+@pytest.mark.parametrize(("name", "factory", "shape", "layers"), CASES, ids=[case[0] for case in CASES])
+def test_loaded_model_matches_original(name, factory, shape, layers, trace):
+    torch.manual_seed(0)
+    original = randomise_batchnorm(factory())
+    model = load_classifier(torchscript_bytes(original, shape, trace), shape)
+    with torch.no_grad():
+        for batch in (1, 4, 9):
+            x = torch.randn(batch, *shape)
+            assert torch.allclose(model(x), original(x), atol=1e-5, rtol=1e-5)
+    modules = dict(model.named_modules())
+    for layer in layers:
+        assert isinstance(modules[layer], (nn.Conv2d, nn.Linear)), layer
+    # Weights are parameters again (not buffers), so the model can be trained.
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in original.parameters())
+
+
+def test_loaded_model_trains():
+    model = load_classifier(torchscript_bytes(TinyCNN(), (1, 8, 8)), (1, 8, 8))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.head.weight.detach().clone()
+    loss = model(torch.randn(4, 1, 8, 8)).square().mean()
+    loss.backward()
+    optimizer.step()
+    assert not torch.equal(before, model.head.weight)
+
+
+def test_loaded_model_scripts_with_free_batch():
+    model = load_classifier(torchscript_bytes(LeNet5(), (1, 32, 32), trace=True), (1, 32, 32))
+    scripted = torch.jit.script(model)
+    assert scripted(torch.randn(17, 1, 32, 32)).shape == (17, 10)
+
+
+def test_paper_teachers_load(shared: Path):
+    for name in ("mnist", "svhn", "fashion"):
+        teacher = load_paper_teacher(shared / "teachers" / "kegnet" / f"{name}.pth.tar")
+        shape = (teacher.conv1.in_channels, 32, 32)
+        model = load_classifier(torchscript_bytes(teacher, shape), shape)
+        x = torch.randn(3, *shape)
+        with torch.no_grad():
+            assert torch.allclose(model(x), teacher(x), atol=1e-5)
+
+
+def _state_dict_file(tmp_path: Path) -> Path:
+    path = tmp_path / "state.pt"
+    torch.save(LeNet5().state_dict(), path)
+    return path
+
+
+def test_refuses_state_dict(tmp_path):
+    with pytest.raises(InvalidModelFileError, match=r"torch\.save checkpoint"):
+        load_classifier(_state_dict_file(tmp_path), (1, 32, 32))
+
+
+def test_refuses_pickle(tmp_path):
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    with pytest.raises(InvalidModelFileError, match="pickle"):
+        load_classifier(path, (1, 32, 32))
+
+
+def test_refuses_truncated_archive(tmp_path):
+    data = torchscript_bytes(LeNet5(), (1, 32, 32))
+    with pytest.raises(InvalidModelFileError, match="truncated or corrupt"):
+        load_classifier(data[: len(data) // 2], (1, 32, 32))
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world, not a model"], ids=["empty", "text"])
+def test_refuses_non_zip(content):
+    with pytest.raises(InvalidModelFileError, match="expected a TorchScript archive"):
+        load_classifier(content, (1, 32, 32))
+
+
+def test_refuses_zip_bomb():
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("model/data.pkl", b"\0" * 5_000_000)
+    buffer.seek(0)
+    with pytest.raises(InvalidModelFileError, match="zip bomb"):
+        inspect_torchscript_archive(buffer, ArchiveLimits(max_compression_ratio=100))
+
+
+def test_refuses_wrong_input_shape():
+    data = torchscript_bytes(LeNet5(), (1, 32, 32))
+    with pytest.raises(ModelRunError) as caught:
+        load_classifier(data, (3, 32, 32))
+    assert caught.value.field == "input_shape"
+
+
+def test_refuses_non_tensor_output():
+    class TwoOutputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.fc(x), x
+
+    with pytest.raises(UnsupportedModelError, match="one tensor"):
+        load_classifier(torchscript_bytes(TwoOutputs(), (4,)), (4,))

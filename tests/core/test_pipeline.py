@@ -1,0 +1,136 @@
+"""The whole run on tiny models with the quick preset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kegnet_core.config import CompressionSpec
+from kegnet_core.errors import Cancelled, SpecError
+from kegnet_core.pipeline import run
+from kegnet_core.progress import STAGES, ProgressEvent
+
+from .models import TinyCNN, TinyMLP, torchscript_bytes
+
+FRESH_PROCESS_CHECK = """
+import json, sys, torch
+student = torch.jit.load(sys.argv[1])
+shape = json.loads(sys.argv[2])
+for batch in (1, 7, 64):
+    out = student(torch.randn(batch, *shape))
+    assert out.shape == (batch, 3), out.shape
+params = sum(p.numel() for p in student.parameters())
+assert params == int(sys.argv[3]), (params, sys.argv[3])
+assert all(p.requires_grad for p in student.parameters())
+leaked = [m for m in sys.modules if m.split('.')[0] in ('kegnet_core', 'kegnet_cli', 'api', 'worker')]
+assert not leaked, leaked
+print('ok')
+"""
+
+
+@pytest.fixture
+def tiny_cnn(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "teacher.pt"
+    path.write_bytes(torchscript_bytes(TinyCNN(), (1, 8, 8)))
+    return path
+
+
+def _spec(**kwargs) -> CompressionSpec:
+    return CompressionSpec(**{"input_shape": (1, 8, 8), "preset": "quick", **kwargs})
+
+
+def test_quick_compression_end_to_end(tiny_cnn, tmp_path):
+    events: list[ProgressEvent] = []
+    report = run(tiny_cnn, _spec(), tmp_path / "out", progress=events.append)
+    out = tmp_path / "out"
+    for name in ("student.pt", "report.json", "samples.png", "latent_walk.png", "generator_0.pt"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "report.json").read_text())["params_after"] == report["params_after"]
+    assert report["params_after"] < report["params_before"]
+    assert report["compression_ratio"] == pytest.approx(
+        report["params_before"] / report["params_after"], rel=1e-3
+    )
+    assert report["macs_after"] < report["macs_before"]
+    assert set(report["latency_ms"]["before"]) == {"batch_1", "batch_64"}
+    assert 0.0 <= report["agreement"]["student_vs_teacher"] <= 1.0
+    assert report["ranks"] and all(len(pair) == 2 for pair in report["ranks"].values())
+    assert set(report["timings_s"]) == {*STAGES, "total"}
+    assert report["history"]["extraction"] and report["history"]["distillation"]
+    assert [stage for stage in STAGES if any(e.stage == stage for e in events)] == list(STAGES)
+    # The student loads with plain torch in a process that never saw this project.
+    checked = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            FRESH_PROCESS_CHECK,
+            str(out / "student.pt"),
+            "[1, 8, 8]",
+            str(report["params_after"]),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.strip() == "ok"
+
+
+def test_same_seed_same_student(tiny_cnn, tmp_path):
+    spec = _spec(prior="kegnet", seed=3)
+    run(tiny_cnn, spec, tmp_path / "a", measure_latency=False)
+    run(tiny_cnn, spec, tmp_path / "b", measure_latency=False)
+    first = torch.jit.load(str(tmp_path / "a" / "student.pt")).state_dict()
+    second = torch.jit.load(str(tmp_path / "b" / "student.pt")).state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    other = run(tiny_cnn, _spec(seed=4), tmp_path / "c", measure_latency=False)
+    third = torch.jit.load(str(tmp_path / "c" / "student.pt")).state_dict()
+    assert other["params_after"] > 0
+    assert not all(torch.equal(first[key], third[key]) for key in first)
+
+
+@pytest.mark.parametrize("prior", ["uniform", "gaussian", "none"])
+def test_baseline_priors_train_no_generator(tiny_cnn, tmp_path, prior):
+    report = run(tiny_cnn, _spec(prior=prior), tmp_path / prior, measure_latency=False)
+    assert "extracting" not in report["timings_s"]
+    assert not (tmp_path / prior / "generator_0.pt").exists()
+    assert ("distilling" in report["timings_s"]) == (prior != "none")
+
+
+def test_extract_only_writes_generators(tiny_cnn, tmp_path):
+    report = run(tiny_cnn, _spec(task="extract"), tmp_path / "gen")
+    assert report["artifacts"]["generators"] == ["generator_0.pt"]
+    assert not (tmp_path / "gen" / "student.pt").exists()
+    generator = torch.jit.load(str(tmp_path / "gen" / "generator_0.pt"))
+    assert generator(torch.eye(3), torch.randn(3, generator.noise_dim)).shape == (3, 1, 8, 8)
+
+
+def test_vector_classifier(tmp_path):
+    path = tmp_path / "mlp.pt"
+    path.write_bytes(torchscript_bytes(TinyMLP(), (12,)))
+    report = run(path, _spec(input_shape=(12,), layers=("net.0",), ranks=0.25), tmp_path / "mlp")
+    assert report["ranks"] == {"net.0": [8, 3]}
+
+
+def test_bad_layer_fails_before_training(tiny_cnn, tmp_path):
+    events: list[ProgressEvent] = []
+    with pytest.raises(SpecError) as caught:
+        run(tiny_cnn, _spec(layers=("nope",)), tmp_path / "bad", progress=events.append)
+    assert caught.value.field == "layers"
+    assert {event.stage for event in events} == {"validating"}
+
+
+def test_a_callback_can_cancel(tiny_cnn, tmp_path):
+    def cancel_in_extraction(event: ProgressEvent) -> None:
+        if event.stage == "extracting" and event.step >= 5:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        run(tiny_cnn, _spec(), tmp_path / "cancelled", progress=cancel_in_extraction)

@@ -1,0 +1,292 @@
+"""Every endpoint and error path of the v1 API, on real SQLite, file store and broker folder."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from kegnet_service import jobs
+from kegnet_service.db import session_scope
+from kegnet_service.models import Job
+from kegnet_service.settings import Settings
+from worker.tasks import execute_job
+
+from .conftest import ALICE, BOB, auth, submit
+
+
+def _job_rows(settings: Settings) -> list[Job]:
+    with session_scope(settings.resolved_database_url) as session:
+        return list(session.query(Job))
+
+
+def _stored_objects(settings: Settings) -> list[Path]:
+    root = settings.home / "store"
+    return [path for path in root.rglob("*") if path.is_file()] if root.exists() else []
+
+
+def _queued_messages(settings: Settings) -> list[Path]:
+    return list((settings.home / "broker" / "queue").glob("*.msg"))
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "checks": {"database": "ok", "broker": "ok", "store": "ok"}}
+
+
+def test_submit_queues_a_job(client, settings, tiny_model_bytes):
+    response = submit(client, tiny_model_bytes)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["progress"] == 0 and job["stage"] is None
+    assert job["spec"]["input_shape"] == [1, 8, 8] and job["spec"]["prior"] == "kegnet"
+    assert job["model_name"] == "tiny.pt" and job["model_size"] == len(tiny_model_bytes)
+    assert (settings.home / "store" / "jobs" / job["id"] / "teacher.pt").read_bytes() == tiny_model_bytes
+    assert len(_queued_messages(settings)) == 1
+    assert client.get(f"/v1/jobs/{job['id']}", headers=auth()).json()["id"] == job["id"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        (None, "spec"),
+        ("{not json", "spec"),
+        ("{}", "spec.input_shape"),
+        ('{"input_shape": [1, 8, 8], "colour": "red"}', "spec.colour"),
+        ('{"input_shape": [1, 8]}', "spec.input_shape"),
+        ('{"input_shape": [1, 0, 8]}', "spec.input_shape"),
+        ('{"input_shape": [1, 8, 8], "prior": "laplace"}', "spec.prior"),
+        ('{"input_shape": [1, 8, 8], "ranks": 1.5}', "spec.ranks"),
+        ('{"input_shape": [1, 8, 8], "ranks": {"stem.0": [2]}}', "spec.ranks"),
+        ('{"input_shape": [1, 8, 8], "target_ratio": 0.5}', "spec.target_ratio"),
+        ('{"input_shape": [1, 8, 8], "layers": []}', "spec.layers"),
+        ('{"input_shape": [1, 8, 8], "preset": "huge"}', "spec.preset"),
+        ('{"input_shape": [1, 8, 8], "seed": -1}', "spec.seed"),
+    ],
+)
+def test_bad_specs_are_422_naming_the_field(client, settings, tiny_model_bytes, spec, field):
+    response = submit(client, tiny_model_bytes, spec)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == field
+    assert field in error["message"]
+    assert _job_rows(settings) == [] and _stored_objects(settings) == []
+
+
+def _state_dict_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"weight": torch.randn(3, 3)}, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (_state_dict_bytes(), "torch.save checkpoint"),
+        (pickle.dumps({"a": 1}), "pickle"),
+        (b"", "empty"),
+        (b"PK\x03\x04 truncated", "truncated or corrupt"),
+    ],
+    ids=["state-dict", "pickle", "empty", "truncated"],
+)
+def test_non_torchscript_uploads_are_refused(client, settings, content, message):
+    response = submit(client, content)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["field"] == "model" and message in error["message"]
+    assert _job_rows(settings) == [] and _stored_objects(settings) == []
+    assert list((settings.home / "tmp").iterdir()) == []
+
+
+def test_missing_model_and_wrong_content_type(client):
+    response = client.post("/v1/jobs", data={"spec": '{"input_shape": [3]}'}, headers=auth())
+    assert response.status_code in (415, 422)
+    response = client.post("/v1/jobs", files={"spec": (None, '{"input_shape": [3]}')}, headers=auth())
+    assert response.status_code == 422 and response.json()["error"]["field"] == "model"
+    response = client.post("/v1/jobs", json={"input_shape": [3]}, headers=auth())
+    assert response.status_code == 415
+
+
+def test_upload_over_the_limit_is_413_and_leaves_nothing(tmp_path, tiny_model_bytes):
+    limited = Settings(home=tmp_path / "small", api_keys=f"alice:{ALICE}", max_upload_bytes=1000)
+    limited.home.mkdir()
+    import migrations
+
+    migrations.upgrade(limited.resolved_database_url)
+    with TestClient(create_app(limited)) as small:
+        response = submit(small, tiny_model_bytes)
+    assert response.status_code == 413
+    assert response.json()["error"]["field"] == "model"
+    assert _job_rows(limited) == [] and _stored_objects(limited) == []
+    assert list((limited.home / "tmp").iterdir()) == []
+
+
+def test_listing_is_newest_first_filtered_and_paginated(client, tiny_model_bytes):
+    ids = [submit(client, tiny_model_bytes).json()["id"] for _ in range(3)]
+    page = client.get("/v1/jobs", headers=auth(), params={"limit": 2}).json()
+    assert [job["id"] for job in page["items"]] == ids[::-1][:2]
+    assert page["total"] == 3 and page["limit"] == 2
+    second = client.get("/v1/jobs", headers=auth(), params={"limit": 2, "offset": 2}).json()
+    assert [job["id"] for job in second["items"]] == [ids[0]]
+    client.post(f"/v1/jobs/{ids[1]}/cancel", headers=auth())
+    cancelled = client.get("/v1/jobs", headers=auth(), params={"status": "cancelled"}).json()
+    assert [job["id"] for job in cancelled["items"]] == [ids[1]]
+    bad = client.get("/v1/jobs", headers=auth(), params={"status": "sleeping"})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "status"
+
+
+def test_unknown_job_is_404(client):
+    response = client.get("/v1/jobs/nope", headers=auth())
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "job_not_found"
+
+
+def test_artifacts_before_success_are_409(client, tiny_model_bytes):
+    job_id = submit(client, tiny_model_bytes).json()["id"]
+    for name in ("model", "report", "samples.png", "latent_walk.png", "generators"):
+        response = client.get(f"/v1/jobs/{job_id}/{name}", headers=auth())
+        assert response.status_code == 409, name
+        assert "queued" in response.json()["error"]["message"]
+
+
+def test_cancel_a_queued_job_then_409(client, settings, tiny_model_bytes):
+    job_id = submit(client, tiny_model_bytes).json()["id"]
+    response = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth())
+    assert response.status_code == 202 and response.json()["status"] == "cancelled"
+    assert execute_job(job_id, settings) == "skipped"  # the queued message finds it cancelled
+    again = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth())
+    assert again.status_code == 409
+
+
+def test_a_job_runs_and_its_artifacts_download(client, settings, tiny_model_bytes, tmp_path):
+    job_id = submit(client, tiny_model_bytes).json()["id"]
+    assert execute_job(job_id, settings) == "succeeded"
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
+    assert job["status"] == "succeeded" and job["progress"] == 1.0 and job["error"] is None
+    assert job["report"]["params_after"] < job["report"]["params_before"]
+    assert set(job["links"]) >= {"model", "report", "samples.png", "latent_walk.png", "generators"}
+    assert job["metrics"]["curves"]["distilling"]
+
+    model = client.get(f"/v1/jobs/{job_id}/model", headers=auth())
+    assert model.status_code == 200
+    assert model.headers["content-disposition"] == 'attachment; filename="tiny-student.pt"'
+    path = tmp_path / "student.pt"
+    path.write_bytes(model.content)
+    student = torch.jit.load(str(path))
+    assert student(torch.randn(5, 1, 8, 8)).shape == (5, 3)
+
+    report = client.get(f"/v1/jobs/{job_id}/report", headers=auth())
+    assert report.json()["compression_ratio"] == job["report"]["compression_ratio"]
+    samples = client.get(f"/v1/jobs/{job_id}/samples.png", headers=auth())
+    assert samples.headers["content-type"] == "image/png" and samples.content.startswith(b"\x89PNG")
+    bundle = zipfile.ZipFile(io.BytesIO(client.get(f"/v1/jobs/{job_id}/generators", headers=auth()).content))
+    assert {"generator_0.pt", "latent_walk.png", "samples.png"} <= set(bundle.namelist())
+
+
+def test_extract_jobs_have_generators_but_no_student(client, settings, tiny_model_bytes):
+    spec = '{"input_shape": [1, 8, 8], "preset": "quick", "task": "extract"}'
+    job_id = submit(client, tiny_model_bytes, spec).json()["id"]
+    assert execute_job(job_id, settings) == "succeeded"
+    response = client.get(f"/v1/jobs/{job_id}/model", headers=auth())
+    assert response.status_code == 404 and "no student" in response.json()["error"]["message"]
+    assert client.get(f"/v1/jobs/{job_id}/generators", headers=auth()).status_code == 200
+
+
+def test_a_bad_layer_fails_the_job_naming_the_field(client, settings, tiny_model_bytes):
+    spec = '{"input_shape": [1, 8, 8], "preset": "quick", "layers": ["conv9"]}'
+    job_id = submit(client, tiny_model_bytes, spec).json()["id"]
+    assert execute_job(job_id, settings) == "failed"
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
+    assert job["error"]["code"] == "invalid_spec"
+    assert job["error"]["message"].startswith("layers:") and "conv9" in job["error"]["message"]
+
+
+def test_a_shape_that_does_not_fit_fails_the_job(client, settings, tiny_model_bytes):
+    job_id = submit(client, tiny_model_bytes, '{"input_shape": [3, 8, 8], "preset": "quick"}').json()["id"]
+    assert execute_job(job_id, settings) == "failed"
+    error = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()["error"]
+    assert error["code"] == "model_run_failed" and error["message"].startswith("input_shape:")
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/jobs/x", "/v1/jobs/x/model"])
+def test_keys_are_required(client, path):
+    assert client.get(path).status_code == 401
+    wrong = client.get(path, headers=auth("wrong-key-0123456789"))
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
+
+
+def test_owners_see_only_their_jobs(client, tiny_model_bytes):
+    job_id = submit(client, tiny_model_bytes).json()["id"]
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth(BOB)).status_code == 404
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(BOB)).status_code == 404
+    assert client.get("/v1/jobs", headers=auth(BOB)).json()["total"] == 0
+    assert client.get("/v1/jobs", headers=auth(ALICE)).json()["total"] == 1
+
+
+def test_idempotent_submit(client, settings, tiny_model_bytes):
+    first = submit(client, tiny_model_bytes, headers={"Idempotency-Key": "abc"})
+    second = submit(client, tiny_model_bytes, headers={"Idempotency-Key": "abc"})
+    assert first.status_code == 202 and second.status_code == 200
+    assert first.json()["id"] == second.json()["id"]
+    assert len(_job_rows(settings)) == 1 and len(_queued_messages(settings)) == 1
+    other = submit(client, tiny_model_bytes, headers={"Idempotency-Key": "abc", **auth(BOB)})
+    assert other.json()["id"] != first.json()["id"]  # keys are per owner
+
+
+def test_broker_down_is_503_and_leaves_nothing(tmp_path, tiny_model_bytes):
+    down = Settings(home=tmp_path / "down", api_keys=f"alice:{ALICE}", broker_url="redis://127.0.0.1:9/0")
+    down.home.mkdir()
+    import migrations
+
+    migrations.upgrade(down.resolved_database_url)
+    with TestClient(create_app(down)) as broken:
+        response = submit(broken, tiny_model_bytes)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "broker_unavailable"
+        ready = broken.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["broker"].startswith("unavailable")
+        assert ready.json()["checks"]["database"] == "ok"
+    assert _job_rows(down) == [] and _stored_objects(down) == []
+
+
+def test_openapi_documents_the_upload(client):
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert set(body["required"]) == {"model", "spec"}
+    assert "JobSpec" in schema["components"]["schemas"]
+
+
+def test_the_api_never_imports_torch(settings):
+    script = (
+        "import sys\n"
+        "from api.app import create_app\n"
+        "from kegnet_service.settings import Settings\n"
+        f"create_app(Settings(home={str(settings.home)!r}))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def test_progress_maps_stages_onto_the_whole_job():
+    assert jobs.overall_progress("compress", "validating", 0) == 0
+    assert jobs.overall_progress("compress", "exporting", 1) == 1
+    halfway = jobs.overall_progress("compress", "distilling", 0.5)
+    assert (
+        jobs.overall_progress("compress", "extracting", 1)
+        < halfway
+        < jobs.overall_progress("compress", "exporting", 0)
+    )
+    assert json.dumps(jobs.STAGE_SPANS)  # plain data, shared with the dashboard

@@ -1,0 +1,1 @@
+"""Celery workers: run the core's pipeline on queued jobs, one at a time per GPU."""

@@ -1,0 +1,93 @@
+"""Turns the core's progress events into job-row updates: throttled, with heartbeat,
+cancellation and the per-job time limit."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kegnet_core.errors import Cancelled
+from kegnet_core.progress import ProgressEvent
+from kegnet_service import jobs
+from kegnet_service.db import session_scope
+
+MAX_CURVE_POINTS = 500
+
+
+class JobTimeLimit(Exception):
+    """The job ran past its time limit."""
+
+
+class JobReporter:
+    """A progress callback that writes to the job row at most every ``interval_s``.
+
+    Every write doubles as the heartbeat and reads back the cancel flag, so a
+    cancel takes effect at the first step after the next write.  Stage
+    changes and metric records (one per epoch or check) are always written,
+    and kept as loss curves for the dashboard.
+    """
+
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        job_id: str,
+        task: str,
+        time_limit_s: float,
+        interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        cancelled: threading.Event | None = None,
+    ) -> None:
+        self.database_url = database_url
+        self.job_id = job_id
+        self.task = task
+        self.clock = clock
+        self.deadline = clock() + time_limit_s
+        self.interval_s = interval_s
+        self.last_write = float("-inf")
+        self.stage = ""
+        self.curves: dict[str, list[dict[str, Any]]] = {}
+        self.latest: dict[str, Any] = {}
+        self.cancelled = cancelled or threading.Event()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled()
+        now = self.clock()
+        if now > self.deadline:
+            raise JobTimeLimit(f"the job ran past its time limit in stage {event.stage}")
+        has_metrics = bool(event.metrics)
+        if has_metrics:
+            point = {"step": event.step, **{k: float(v) for k, v in event.metrics.items()}}
+            if event.detail:
+                point["detail"] = event.detail
+            curve = self.curves.setdefault(event.stage, [])
+            curve.append(point)
+            if len(curve) > MAX_CURVE_POINTS:
+                del curve[::2]  # keep the curve's shape, halve its points
+            self.latest = {"stage": event.stage, "step": event.step, "total": event.total, **point}
+        stage_changed = event.stage != self.stage
+        if not (stage_changed or has_metrics or now - self.last_write >= self.interval_s):
+            return
+        self.stage = event.stage
+        self.last_write = now
+        fraction = event.step / event.total if event.total else 0.0
+        metrics = {
+            "latest": self.latest,
+            "curves": self.curves,
+            "step": event.step,
+            "total": event.total,
+            "detail": event.detail,
+        }
+        with session_scope(self.database_url) as session:
+            cancel = jobs.record_progress(
+                session,
+                job_id=self.job_id,
+                stage=event.stage,
+                progress=jobs.overall_progress(self.task, event.stage, fraction),
+                metrics=metrics,
+            )
+        if cancel:
+            raise Cancelled()

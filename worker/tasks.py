@@ -1,0 +1,152 @@
+"""The job task: claim the row, fetch the model, run the core, store the artifacts.
+
+The task is idempotent before ``acks_late``: ``claim_job`` only takes a
+queued job, so a message delivered twice runs the job once.  torch and the
+core are imported inside the task, in the pool's child process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, Task
+
+from kegnet_core.errors import Cancelled, KegnetError
+from kegnet_service import jobs
+from kegnet_service.db import session_scope
+from kegnet_service.queue import REAP, RUN_JOB
+from kegnet_service.reaper import reap_once
+from kegnet_service.settings import Settings, get_settings
+from kegnet_service.storage import LocalStore, S3Store, StoreError, open_store
+from worker.heartbeat import Heartbeat
+from worker.reporting import JobReporter, JobTimeLimit
+
+log = logging.getLogger("kegnet.worker")
+
+GENERATOR_BUNDLE = "generators.zip"
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _store(settings: Settings) -> LocalStore | S3Store:
+    return open_store(
+        settings.resolved_storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        public_endpoint_url=settings.s3_public_endpoint_url,
+        region=settings.s3_region,
+    )
+
+
+def _bundle_generators(out_dir: Path, report: dict[str, Any]) -> None:
+    """One zip with the generators, their sample grids and the latent walk."""
+    artifacts = report.get("artifacts", {})
+    names = [*artifacts.get("generators", []), *artifacts.get("samples", [])]
+    if artifacts.get("latent_walk"):
+        names.append(artifacts["latent_walk"])
+    if not artifacts.get("generators"):
+        return
+    with zipfile.ZipFile(out_dir / GENERATOR_BUNDLE, "w", zipfile.ZIP_STORED) as bundle:
+        for name in names:
+            bundle.write(out_dir / name, name)
+
+
+def _upload_outputs(store: LocalStore | S3Store, job_id: str, out_dir: Path) -> list[str]:
+    uploaded = []
+    for path in sorted(out_dir.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            store.put_file(jobs.artifact_key(job_id, path.name), path)
+            uploaded.append(path.name)
+    return uploaded
+
+
+def _finish(settings: Settings, job_id: str, **values: Any) -> None:
+    with session_scope(settings.resolved_database_url) as session:
+        jobs.finish_job(session, job_id=job_id, **values)
+
+
+def execute_job(job_id: str, settings: Settings | None = None, worker: str | None = None) -> str:
+    """Run one job to a terminal state; return that state (or 'skipped')."""
+    from kegnet_core.config import spec_from_dict
+    from kegnet_core.pipeline import run
+
+    settings = settings or get_settings()
+    with session_scope(settings.resolved_database_url) as session:
+        job = jobs.claim_job(
+            session, job_id=job_id, worker=worker or worker_name(), max_attempts=settings.max_attempts
+        )
+        if job is None:
+            log.info("job %s is not queued; skipping", job_id)
+            return "skipped"
+        spec_data = dict(job.spec)
+    store = _store(settings)
+    work = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=_work_dir(settings)))
+    outcome = "failed"
+    try:
+        spec = spec_from_dict(spec_data)
+        teacher = work / "teacher.pt"
+        store.get_file(jobs.model_key(job_id), teacher)
+        with Heartbeat(settings.resolved_database_url, job_id, settings.heartbeat_interval_s) as heartbeat:
+            reporter = JobReporter(
+                database_url=settings.resolved_database_url,
+                job_id=job_id,
+                task=spec.task,
+                time_limit_s=settings.job_time_limit_s,
+                interval_s=min(settings.heartbeat_interval_s, 2.0),
+                cancelled=heartbeat.cancelled,
+            )
+            out_dir = work / "out"
+            report = run(teacher, spec, out_dir, progress=reporter, device=settings.device)
+            _bundle_generators(out_dir, report)
+            artifacts = _upload_outputs(store, job_id, out_dir)
+        _finish(settings, job_id, status="succeeded", report=report, artifacts=artifacts)
+        outcome = "succeeded"
+    except Cancelled:
+        store.delete_prefix(f"jobs/{job_id}/out")
+        _finish(settings, job_id, status="cancelled")
+        outcome = "cancelled"
+    except JobTimeLimit as exc:
+        store.delete_prefix(f"jobs/{job_id}/out")
+        _finish(settings, job_id, status="failed", error_code="time_limit", error_message=str(exc))
+    except KegnetError as exc:
+        message = f"{exc.field}: {exc.message}" if exc.field else exc.message
+        _finish(settings, job_id, status="failed", error_code=exc.code, error_message=message)
+    except StoreError as exc:
+        _finish(settings, job_id, status="failed", error_code="store_error", error_message=str(exc))
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        store.delete_prefix(f"jobs/{job_id}/out")
+        _finish(
+            settings,
+            job_id,
+            status="failed",
+            error_code="internal_error",
+            error_message=f"{type(exc).__name__}: {exc}",
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return outcome
+
+
+def _work_dir(settings: Settings) -> Path:
+    folder = settings.home / "work"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def register_tasks(app: Celery) -> None:
+    @app.task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    def run_job(self: Task, job_id: str) -> str:
+        return execute_job(job_id, worker=f"{self.request.hostname}:{os.getpid()}")
+
+    @app.task(name=REAP, ignore_result=True)
+    def reap_stale_jobs() -> list[str]:
+        return reap_once(get_settings(), app)
