@@ -30,6 +30,7 @@ class ExtractionConfig:
     decoder_weight: float = 1.0
     diversity_weight: float = 0.0
     smoothness_weight: float = 0.0  # image prior; 0 in the paper
+    activation_weight: float = 0.0  # reward strong penultimate teacher features (DAFL); 0 in the paper
     label_mix: float = 0.0  # share of two-class label mixtures; 0 in the paper
     decoder_hidden_layers: int = 1
     decoder_units: int = 120

@@ -20,6 +20,7 @@ from kegnet_core.generators import Decoder, build_generator
 from kegnet_core.losses import classifier_loss, decoder_loss, diversity_loss, smoothness_loss
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
 from kegnet_core.sampling import noise, seeded_init, training_labels
+from kegnet_core.tucker import output_layer
 
 
 @dataclass
@@ -29,6 +30,23 @@ class TrainedGenerator:
     generator: nn.Module
     seed: int
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+class _PenultimateFeatures:
+    """Holds the input of the teacher's output layer from the last forward pass."""
+
+    def __init__(self, teacher: nn.Module) -> None:
+        name = output_layer(teacher)
+        if name is None:
+            raise ValueError("the teacher has no Linear or Conv2d output layer to read features from")
+        self.value = torch.zeros(())
+        self.handle = teacher.get_submodule(name).register_forward_hook(self._record)
+
+    def _record(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        self.value = inputs[0]
+
+    def close(self) -> None:
+        self.handle.remove()
 
 
 def train_generator(
@@ -57,6 +75,7 @@ def train_generator(
         decoder = Decoder(n_inputs, config.noise_dim, config.decoder_hidden_layers, config.decoder_units)
     generator.to(device).train()
     decoder.to(device).train()
+    features = _PenultimateFeatures(teacher) if config.activation_weight else None
     rng = torch.Generator(device).manual_seed(seed)
     optimizer = torch.optim.Adam([*generator.parameters(), *decoder.parameters()], lr=config.learning_rate)
     total = total_steps or config.steps
@@ -84,6 +103,8 @@ def train_generator(
             else torch.zeros((), device=device)
         )
         loss = loss_cls + loss_dec + loss_div + loss_smooth
+        if features is not None:
+            loss = loss - config.activation_weight * features.value.abs().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -106,6 +127,8 @@ def train_generator(
             progress(ProgressEvent("extracting", step_offset + step + 1, total, _metrics(record), label))
         else:
             progress(ProgressEvent("extracting", step_offset + step + 1, total, {}, label))
+    if features is not None:
+        features.close()
     generator.eval()
     return TrainedGenerator(generator=generator, seed=seed, history=history)
 

@@ -1,0 +1,89 @@
+"""``kegnet compress`` and ``kegnet extract`` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kegnet_cli.options import parse_ranks, parse_shape
+from tests.core.models import TinyCNN, torchscript_bytes
+
+
+def kegnet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kegnet_cli.main", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+@pytest.fixture
+def teacher(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    path.write_bytes(torchscript_bytes(TinyCNN(), (1, 8, 8)))
+    return path
+
+
+def test_compress_writes_the_student_and_its_report(teacher: Path, tmp_path: Path):
+    result = kegnet(
+        "compress",
+        str(teacher),
+        "--input-shape",
+        "1,8,8",
+        "--preset",
+        "quick",
+        "--layers",
+        "block.0",
+        "--ranks",
+        "block.0=4:4",
+        "-o",
+        "out/student.pt",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir()} >= {
+        "student.pt",
+        "student_report.json",
+        "student_samples.png",
+        "student_latent_walk.png",
+        "student_generator_0.pt",
+    }
+    report = json.loads((out / "student_report.json").read_text())
+    assert report["ranks"] == {"block.0": [4, 4]}
+    assert report["artifacts"]["student"] == "student.pt"
+    assert report["artifacts"]["samples"] == ["student_samples.png"]
+    assert "compression ratio" in result.stdout and "parameters" in result.stdout
+    student = torch.jit.load(str(out / "student.pt"))
+    assert student(torch.randn(3, 1, 8, 8)).shape == (3, 3)
+    assert "distilling" in result.stderr  # the progress bar
+
+
+def test_extract_writes_generators(teacher: Path, tmp_path: Path):
+    result = kegnet(
+        "extract", str(teacher), "--input-shape", "1,8,8", "--preset", "quick", "-o", "gen", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "gen" / "generator_0.pt").is_file()
+    assert (tmp_path / "gen" / "latent_walk.png").is_file()
+
+
+def test_compress_refuses_a_state_dict_clearly(tmp_path: Path):
+    path = tmp_path / "weights.pt"
+    torch.save(TinyCNN().state_dict(), path)
+    result = kegnet("compress", str(path), "--input-shape", "1,8,8", "-o", "s.pt", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "invalid_model_file (model)" in result.stderr and "torch.jit.script" in result.stderr
+    assert not (tmp_path / "s.pt").exists()
+
+
+def test_option_parsing():
+    assert parse_shape("1,32,32") == [1, 32, 32]
+    assert parse_ranks("evbmf") == "evbmf"
+    assert parse_ranks("0.5") == 0.5
+    assert parse_ranks("conv3=11:7,conv2=4:3") == {"conv3": [11, 7], "conv2": [4, 3]}
+    assert parse_ranks('{"conv3": [11, 7]}') == {"conv3": [11, 7]}

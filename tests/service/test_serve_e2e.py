@@ -1,0 +1,159 @@
+"""``kegnet serve`` as a user runs it: a subprocess with a fresh KEGNET_HOME, driven over HTTP
+and with the ``kegnet`` client commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+
+@dataclass
+class Server:
+    url: str
+    home: Path
+    key: str
+    process: subprocess.Popen[bytes]
+
+    def kegnet(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "KEGNET_HOME": str(self.home), "KEGNET_URL": self.url}
+        env.pop("KEGNET_API_KEY", None)
+        return subprocess.run(
+            [sys.executable, "-m", "kegnet_cli.main", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=check,
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("serve") / ".kegnet"
+    port = _free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KEGNET_")}
+    env["KEGNET_HOME"] = str(home)
+    log = open(home.parent / "serve.log", "wb")  # noqa: SIM115 - closed at teardown
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kegnet_cli.main", "serve", "--port", str(port), "--loglevel", "WARNING"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            pytest.fail((home.parent / "serve.log").read_text())
+        time.sleep(0.5)
+    else:
+        pytest.fail("kegnet serve did not become ready")
+    yield Server(url=url, home=home, key=(home / "api_key").read_text().strip(), process=process)
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=60)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def teacher_file(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    from tests.core.models import TinyCNN, torchscript_bytes
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "tiny.pt"
+    path.write_bytes(torchscript_bytes(TinyCNN(), (1, 8, 8)))
+    return path
+
+
+def test_serve_runs_a_job_over_http(server: Server, teacher_file: Path, tmp_path: Path):
+    headers = {"Authorization": f"Bearer {server.key}"}
+    with open(teacher_file, "rb") as handle:
+        response = httpx.post(
+            f"{server.url}/v1/jobs",
+            files={"model": ("tiny.pt", handle)},
+            data={"spec": json.dumps({"input_shape": [1, 8, 8], "preset": "quick"})},
+            headers=headers,
+        )
+    assert response.status_code == 202, response.text
+    job_url = server.url + response.headers["location"]
+    deadline = time.monotonic() + 240
+    seen_stages = set()
+    while time.monotonic() < deadline:
+        job = httpx.get(job_url, headers=headers).json()
+        seen_stages.add(job["stage"])
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.3)
+    assert job["status"] == "succeeded", job
+    assert seen_stages - {None}, "never saw the job running"
+    student = httpx.get(f"{job_url}/model", headers=headers)
+    assert student.status_code == 200
+    path = tmp_path / "student.pt"
+    path.write_bytes(student.content)
+    loaded = torch.jit.load(str(path))
+    assert loaded(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+
+
+def test_the_client_commands(server: Server, teacher_file: Path, tmp_path: Path):
+    output = tmp_path / "student.pt"
+    submitted = server.kegnet(
+        "submit",
+        str(teacher_file),
+        "--input-shape",
+        "1,8,8",
+        "--preset",
+        "quick",
+        "--wait",
+        "-o",
+        str(output),
+    )
+    assert "compression ratio" in submitted.stdout
+    assert torch.jit.load(str(output))(torch.randn(1, 1, 8, 8)).shape == (1, 3)
+    report = json.loads((tmp_path / "student_report.json").read_text())
+    assert report["params_after"] < report["params_before"]
+
+    listed = server.kegnet("jobs")
+    assert "succeeded" in listed.stdout
+    job_id = json.loads(server.kegnet("jobs", "--json").stdout)["items"][0]["id"]
+    status = json.loads(server.kegnet("status", job_id).stdout)
+    assert status["status"] == "succeeded"
+    samples = tmp_path / "grid.png"
+    server.kegnet("download", job_id, "--what", "samples", "-o", str(samples))
+    assert samples.read_bytes().startswith(b"\x89PNG")
+
+    queued = server.kegnet(
+        "submit", str(teacher_file), "--input-shape", "1,8,8", "--preset", "quick"
+    ).stdout.strip()
+    cancelled = server.kegnet("cancel", queued)
+    assert queued in cancelled.stdout
+
+    missing = server.kegnet("status", "no-such-job", check=False)
+    assert missing.returncode == 1 and "job_not_found" in missing.stderr
+    bad = server.kegnet(
+        "submit", str(teacher_file), "--input-shape", "1,8,8", "--key", "wrong-key-123456", check=False
+    )
+    assert bad.returncode == 1 and "401" in bad.stderr
