@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import SQLAlchemyError
 
 from api.deps import Services
 from api.errors import install_error_handlers
@@ -52,11 +53,26 @@ def build_services(settings: Settings) -> Services:
     )
 
 
-async def _reaper_loop(services: Services) -> None:
-    """Re-queue jobs whose worker stopped sending heartbeats."""
+def _seed_keys(settings: Settings) -> bool:
+    """Store the keys of ``KEGNET_API_KEYS``; False while the database is away."""
+    if not settings.api_keys:
+        return True
+    try:
+        with session_scope(settings.resolved_database_url) as session:
+            seed_keys(session, settings.api_keys)
+    except SQLAlchemyError:
+        log.warning("could not seed API keys yet; the database is unreachable")
+        return False
+    return True
+
+
+async def _background(services: Services, keys_seeded: bool) -> None:
+    """Re-queue jobs whose worker stopped sending heartbeats; seed keys once the database is up."""
     interval = max(services.settings.heartbeat_interval_s, 1.0)
     while True:
         await asyncio.sleep(interval)
+        if not keys_seeded:
+            keys_seeded = await run_in_threadpool(_seed_keys, services.settings)
         try:
             await run_in_threadpool(reap_once, services.settings, services.celery)
         except Exception:  # the database or broker may be down; try again next round
@@ -71,11 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = build_services(settings)
         settings.home.mkdir(parents=True, exist_ok=True)
         ensure_broker_folders(settings)
-        if settings.api_keys:
-            with session_scope(settings.resolved_database_url) as session:
-                seed_keys(session, settings.api_keys)
+        keys_seeded = await run_in_threadpool(_seed_keys, settings)
         app.state.services = services
-        reaper = asyncio.create_task(_reaper_loop(services))
+        reaper = asyncio.create_task(_background(services, keys_seeded))
         yield
         reaper.cancel()
         with contextlib.suppress(asyncio.CancelledError):

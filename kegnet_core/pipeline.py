@@ -32,6 +32,7 @@ from kegnet_core.loading import load_classifier
 from kegnet_core.measure import count_macs, cpu_latency_ms, parameter_count
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
 from kegnet_core.sampling import GaussianSource, GeneratorSource, SampleSource, UniformSource, seeded_init
+from kegnet_core.sandbox import SandboxLimits, check_model_in_sandbox
 from kegnet_core.tucker import CompressionPlan, apply_plan, plan_compression
 
 STUDENT_FILE = "student.pt"
@@ -159,8 +160,14 @@ def run(
     progress: ProgressCallback = ignore_progress,
     device: str | None = None,
     measure_latency: bool = True,
+    sandbox: SandboxLimits | None = None,
 ) -> dict[str, Any]:
-    """Run ``spec.task`` ("compress" or "extract") on the TorchScript at ``model_path``."""
+    """Run ``spec.task`` ("compress" or "extract") on the TorchScript at ``model_path``.
+
+    With ``sandbox`` limits, the model is first loaded and run once in a
+    limited child process (:mod:`kegnet_core.sandbox`), as the service does
+    for every upload.
+    """
     started = time.perf_counter()
     model_path, out_dir = Path(model_path), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -172,6 +179,8 @@ def run(
     needs_generators = spec.task == "extract" or spec.prior == "kegnet"
 
     with clock.stage("validating"):
+        if sandbox is not None:
+            check_model_in_sandbox(str(model_path), input_shape, sandbox)
         teacher = load_classifier(model_path, input_shape).to(torch_device)
         n_classes = _class_count(teacher, input_shape, torch_device)
         plan: CompressionPlan | None = None

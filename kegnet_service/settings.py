@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     device: str | None = Field(
         default=None, description="torch device for the worker (default: cuda when present)"
     )
+    sandbox_memory_mb: int = Field(
+        default=8192, gt=0, description="memory limit when first loading an upload"
+    )
+    sandbox_timeout_s: float = Field(
+        default=300.0, gt=0, description="time limit when first loading an upload"
+    )
 
     @field_validator("home")
     @classmethod

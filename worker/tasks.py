@@ -77,6 +77,7 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
     """Run one job to a terminal state; return that state (or 'skipped')."""
     from kegnet_core.config import spec_from_dict
     from kegnet_core.pipeline import run
+    from kegnet_core.sandbox import SandboxLimits
 
     settings = settings or get_settings()
     with session_scope(settings.resolved_database_url) as session:
@@ -104,7 +105,12 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
                 cancelled=heartbeat.cancelled,
             )
             out_dir = work / "out"
-            report = run(teacher, spec, out_dir, progress=reporter, device=settings.device)
+            limits = SandboxLimits(
+                memory_bytes=settings.sandbox_memory_mb * 1024**2,
+                cpu_seconds=int(settings.sandbox_timeout_s) + 1,
+                wall_seconds=settings.sandbox_timeout_s,
+            )
+            report = run(teacher, spec, out_dir, progress=reporter, device=settings.device, sandbox=limits)
             _bundle_generators(out_dir, report)
             artifacts = _upload_outputs(store, job_id, out_dir)
         _finish(settings, job_id, status="succeeded", report=report, artifacts=artifacts)
