@@ -13,13 +13,16 @@ from __future__ import annotations
 import html
 import importlib.util
 import logging
+import os
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import Scope
 
 log = logging.getLogger("kegnet.api.dashboard")
 
@@ -32,6 +35,21 @@ OAUTH2_REDIRECT_PATH = "/docs/oauth2-redirect"
 
 # The page must be revalidated so a new release's scripts are picked up at once.
 NO_CACHE = {"Cache-Control": "no-cache"}
+
+
+class RevalidatedFiles(StaticFiles):
+    """Static files the browser revalidates on every load (a cheap 304), so an upgrade shows at once."""
+
+    def file_response(
+        self,
+        full_path: str | os.PathLike[str],
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers.update(NO_CACHE)
+        return response
 
 
 def swagger_ui_dir() -> Path | None:
@@ -48,8 +66,9 @@ def install_dashboard(app: FastAPI) -> None:
     if any(getattr(route, "name", None) == INDEX_ROUTE for route in app.router.routes):
         return
     _add_index(app)
-    app.mount(STATIC_URL, StaticFiles(directory=STATIC_DIR), name="dashboard-static")
-    _add_docs(app)
+    app.mount(STATIC_URL, RevalidatedFiles(directory=STATIC_DIR), name="dashboard-static")
+    if app.openapi_url:  # no schema, nothing to show
+        _add_docs(app, app.openapi_url)
 
 
 def _add_index(app: FastAPI) -> None:
@@ -60,7 +79,7 @@ def _add_index(app: FastAPI) -> None:
         return FileResponse(index, media_type="text/html", headers=NO_CACHE)
 
 
-def _add_docs(app: FastAPI) -> None:
+def _add_docs(app: FastAPI, openapi_url: str) -> None:
     """Replace FastAPI's CDN-backed Swagger page (if the app kept one) by a local one."""
     folder = swagger_ui_dir()
     if folder is None:
@@ -73,7 +92,6 @@ def _add_docs(app: FastAPI) -> None:
     app.router.routes[:] = [
         route for route in app.router.routes if not _is_path(route, docs_path, redirect_path)
     ]
-    openapi_url = app.openapi_url or "/openapi.json"
     title = f"{app.title} - API reference"
 
     @app.get(docs_path, include_in_schema=False)
@@ -89,7 +107,8 @@ def _add_docs(app: FastAPI) -> None:
             swagger_favicon_url=f"{root}{STATIC_URL}/favicon.svg",
             oauth2_redirect_url=root + redirect_path,
             init_oauth=app.swagger_ui_init_oauth,
-            swagger_ui_parameters=app.swagger_ui_parameters,
+            # No validator badge: it would call validator.swagger.io.
+            swagger_ui_parameters={"validatorUrl": None, **(app.swagger_ui_parameters or {})},
         )
 
     @app.get(redirect_path, include_in_schema=False)

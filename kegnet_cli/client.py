@@ -195,7 +195,7 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", help="API key (default $KEGNET_API_KEY or $KEGNET_HOME/api_key)")
 
 
-def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     submit_parser = commands.add_parser("submit", help="upload a model to a kegnet server")
     submit_parser.add_argument("model", help="the teacher: a TorchScript file")
     add_spec_options(submit_parser)

@@ -178,7 +178,7 @@ def worker(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def add_service_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_service_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve_parser = commands.add_parser(
         "serve", help="run the API and a worker on this machine (embedded default)"
     )

@@ -272,7 +272,7 @@ def spec_from_dict(data: dict[str, Any]) -> CompressionSpec:
     spec = CompressionSpec(
         input_shape=tuple(shape),
         layers=tuple(layers) if layers is not None else None,
-        ranks=ranks,  # type: ignore[arg-type]
+        ranks=ranks,
         target_ratio=float(target) if target is not None else None,
         prior=data.get("prior", "kegnet"),
         preset=data.get("preset", "default"),

@@ -259,6 +259,8 @@ class _GraphBuilder:
             result = packet(*args, **kwargs)
         else:
             result = self.emit(packet, args, kwargs)
+            if _mutates(node):
+                result.meta["mutates"] = True  # in-place: kept even when its result is unused
         if n_out == 1:
             return [result]
         if isinstance(result, fx.Node):
@@ -372,6 +374,14 @@ def _split_keyword_only(node: torch._C.Node, inputs: list[Any]) -> tuple[list[An
     return args, kwargs
 
 
+def _mutates(node: torch._C.Node) -> bool:
+    """Whether the op writes to one of its inputs (``add_``, ``copy_``, ``out=`` forms)."""
+    try:
+        return bool(torch._C.parse_schema(node.schema()).is_mutable)
+    except RuntimeError:
+        return node.kind().endswith("_")
+
+
 def _is_tensor_value(value: torch._C.Value) -> bool:
     jit_type = value.type()
     if isinstance(jit_type, torch._C.OptionalType):
@@ -392,7 +402,7 @@ def _static_of_example(kind: str, tensor: torch.Tensor) -> Any:
 
 
 def _where(node: torch._C.Node) -> str:
-    lines = node.sourceRange().strip().splitlines()
+    lines = str(node.sourceRange()).strip().splitlines()
     return f" (at: {lines[0].strip()})" if lines else ""
 
 
@@ -458,7 +468,7 @@ def _lift_layer(gm: fx.GraphModule, node: fx.Node) -> None:
             return
     weight = gm.get_parameter(weight_target)
     bias = gm.get_parameter(bias_target) if bias_target else None
-    module: nn.Module
+    module: nn.Linear | nn.Conv2d
     if target is ATEN.linear:
         if weight.dim() != 2:
             return
@@ -466,16 +476,18 @@ def _lift_layer(gm: fx.GraphModule, node: fx.Node) -> None:
     else:
         if weight.dim() != 4 or not _constant_args(node, 3):
             return
-        if target in (ATEN.conv2d, ATEN._convolution_mode):
-            stride, padding, dilation, groups = args[3:7]
-        else:  # aten::_convolution / aten::convolution from torch.jit.trace
-            stride, padding, dilation, transposed, _output_padding, groups = args[3:9]
-            if transposed:
-                return
+        options: list[Any] = list(args[3:7])  # stride, padding, dilation, groups
+        if target not in (ATEN.conv2d, ATEN._convolution_mode):
+            # aten::_convolution / aten::convolution (torch.jit.trace): stride, padding,
+            # dilation, transposed, output_padding, groups
+            if args[6]:
+                return  # a transposed convolution
+            options = [args[3], args[4], args[5], args[8]]
+        stride, padding, dilation, groups = options
         module = nn.Conv2d(
-            weight.shape[1] * groups,
-            weight.shape[0],
-            tuple(weight.shape[2:]),
+            int(weight.shape[1]) * int(groups),
+            int(weight.shape[0]),
+            (int(weight.shape[2]), int(weight.shape[3])),
             stride=stride,
             padding=padding,
             dilation=dilation,
@@ -484,7 +496,7 @@ def _lift_layer(gm: fx.GraphModule, node: fx.Node) -> None:
         )
     with torch.no_grad():
         module.weight.copy_(weight)
-        if bias is not None:
+        if bias is not None and module.bias is not None:
             module.bias.copy_(bias)
     path = _module_path(weight_target)
     owned = {weight_target, bias_target} - {None}
@@ -528,14 +540,16 @@ LIFTABLE = (ATEN.conv2d, ATEN._convolution_mode, ATEN._convolution, ATEN.convolu
 def script_to_graph_module(script: torch.jit.ScriptModule, input_shape: Sequence[int]) -> fx.GraphModule:
     """Convert a loaded ScriptModule into an equivalent editable GraphModule."""
     script = script.eval()
-    graph = script.forward.graph.copy()
+    graph = script.graph.copy()
     torch._C._jit_pass_inline(graph)
     example = torch.randn(2, *input_shape)
     builder = _GraphBuilder(script, example)
     with torch.no_grad():
         output = builder.run(graph)
     builder.graph.output(output)
-    builder.graph.eliminate_dead_code()
+    builder.graph.eliminate_dead_code(
+        is_impure_node=lambda node: node.is_impure() or node.meta.get("mutates", False)
+    )
     gm = fx.GraphModule(_build_root(builder.tensors), builder.graph, class_name="Classifier")
     for node in list(gm.graph.nodes):
         if node.op == "call_function" and node.target in LIFTABLE:
@@ -553,7 +567,7 @@ def load_torchscript(
         source = io.BytesIO(source)
     inspect_torchscript_archive(source, limits)
     try:
-        module = torch.jit.load(source, map_location="cpu")  # type: ignore[arg-type]
+        module = torch.jit.load(source, map_location="cpu")
     except Exception as exc:
         raise InvalidModelFileError(f"torch.jit.load could not read the model: {exc}", field="model") from exc
     return module.eval()

@@ -155,6 +155,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     for method in ("connect", "connect_ex", "sendto", "bind"):
         setattr(socket.socket, method, _no_network)
     shape = [int(part) for part in args.input_shape.split(",")]
+    result: dict[str, object]
     try:
         import torch
 

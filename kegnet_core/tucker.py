@@ -74,7 +74,7 @@ class TuckerConv2d(nn.Module):
             layer.first.weight.copy_(in_factor.T[:, :, None, None])  # (r_in, in, 1, 1)
             layer.core.weight.copy_(core)  # (r_out, r_in, k, k)
             layer.last.weight.copy_(out_factor[:, :, None, None])  # (out, r_out, 1, 1)
-            if conv.bias is not None:
+            if conv.bias is not None and layer.last.bias is not None:
                 layer.last.bias.copy_(conv.bias)
         return layer.to(conv.weight.device)
 

@@ -177,7 +177,8 @@ class S3Store:
 
     def iter_bytes(self, key: str) -> Iterator[bytes]:
         body = self._call("get_object", Bucket=self.bucket, Key=self._key(key))["Body"]
-        return body.iter_chunks(CHUNK)  # type: ignore[no-any-return]
+        chunks: Iterator[bytes] = body.iter_chunks(CHUNK)
+        return chunks
 
     def size(self, key: str) -> int:
         return int(self._call("head_object", Bucket=self.bucket, Key=self._key(key))["ContentLength"])

@@ -60,7 +60,7 @@ class JobReporter:
             raise JobTimeLimit(f"the job ran past its time limit in stage {event.stage}")
         has_metrics = bool(event.metrics)
         if has_metrics:
-            point = {"step": event.step, **{k: float(v) for k, v in event.metrics.items()}}
+            point: dict[str, Any] = {"step": event.step, **{k: float(v) for k, v in event.metrics.items()}}
             if event.detail:
                 point["detail"] = event.detail
             curve = self.curves.setdefault(event.stage, [])

@@ -127,3 +127,21 @@ def test_refuses_non_tensor_output():
 
     with pytest.raises(UnsupportedModelError, match="one tensor"):
         load_classifier(torchscript_bytes(TwoOutputs(), (4,)), (4,))
+
+
+def test_in_place_ops_are_kept_when_their_result_is_unused():
+    class InPlace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.fc(x)
+            y.add_(1.0)  # TorchScript returns y, not add_'s result
+            return y
+
+    original = InPlace().eval()
+    model = load_classifier(torchscript_bytes(original, (4,)), (4,))
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        assert torch.allclose(model(x), original(x), atol=1e-6)

@@ -4,16 +4,16 @@
 
 import { h, number, percent, s } from "./dom.js";
 
-const WIDTH = 320;
-const HEIGHT = 150;
-const PAD = { left: 46, right: 12, top: 12, bottom: 24 };
+const WIDTH = 280;
+const HEIGHT = 140;
+const PAD = { left: 54, right: 10, top: 10, bottom: 22 };
 
 const LABELS = {
   loss: "loss",
   classifier_loss: "classifier loss",
   decoder_loss: "decoder loss",
   diversity_loss: "diversity loss",
-  accuracy: "teacher accuracy on samples",
+  accuracy: "teacher accuracy",
   held_out_kl: "held-out KL",
   agreement: "agreement with teacher",
   lr: "learning rate",
@@ -27,8 +27,8 @@ export function metricLabel(key) {
   return LABELS[key] || key.replaceAll("_", " ");
 }
 
-export function formatMetric(key, value) {
-  return FRACTIONS.has(key) ? percent(value) : number(value);
+export function formatMetric(key, value, digits = 1) {
+  return FRACTIONS.has(key) ? percent(value, digits) : number(value);
 }
 
 /** Numeric metric names of a curve, "loss" first, in the order the points use them. */
@@ -88,7 +88,7 @@ export function lineChart(key, points) {
   for (const tick of ticks(yLow, yHigh)) {
     svg.append(
       s("line", { x1: PAD.left, x2: WIDTH - PAD.right, y1: y(tick), y2: y(tick), class: "grid" }),
-      s("text", { x: PAD.left - 6, y: y(tick) + 4, class: "tick", "text-anchor": "end" }, formatMetric(key, tick)),
+      s("text", { x: PAD.left - 6, y: y(tick) + 4, class: "tick", "text-anchor": "end" }, formatMetric(key, tick, 0)),
     );
   }
   for (const [step, anchor] of [[xLow, "start"], [xHigh, "end"]]) {

@@ -4,7 +4,7 @@
 import { checkKey, setKey } from "./api.js";
 import { clear, h } from "./dom.js";
 
-export function signInView(main, { message = "", onSignedIn }) {
+export function signInView(main, { message = "", notice = "", onSignedIn }) {
   const input = h("input", {
     id: "api-key",
     name: "api-key",
@@ -16,6 +16,7 @@ export function signInView(main, { message = "", onSignedIn }) {
     "aria-describedby": "signin-error signin-help",
   });
   const error = h("p", { id: "signin-error", class: "field-error", role: "alert" }, message);
+  const info = h("p", { class: "notice", role: "status", hidden: !notice }, notice);
   const button = h("button", { type: "submit", class: "button primary" }, "Sign in");
 
   async function submit(event) {
@@ -45,6 +46,7 @@ export function signInView(main, { message = "", onSignedIn }) {
       "section",
       { class: "card signin" },
       h("h1", {}, "Sign in"),
+      info,
       h(
         "form",
         { id: "signin-form", onsubmit: submit, novalidate: true },

@@ -1,0 +1,218 @@
+"""Load test of the HTTP API over loopback: concurrent clients submit jobs and poll them.
+
+Starts ``kegnet serve`` with a fresh ``KEGNET_HOME`` (or uses ``--url``), then
+for ``--seconds`` runs ``--clients`` concurrent clients; each submits
+``--jobs-per-client`` small jobs (quick preset) and then polls their status
+as fast as the server answers.  Reports submit and poll throughput and
+latency percentiles, then checks that every submitted job exists exactly
+once (none lost, none duplicated) and cancels what is still queued.
+
+    python benchmarks/load.py --clients 16 --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass
+class Tally:
+    submit_ms: list[float] = field(default_factory=list)
+    poll_ms: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    job_ids: list[str] = field(default_factory=list)
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+def percentile(values: list[float], share: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def tiny_model() -> bytes:
+    import torch
+
+    from tests.core.models import TinyCNN, torchscript_bytes
+
+    torch.manual_seed(0)
+    return torchscript_bytes(TinyCNN(), (1, 8, 8))
+
+
+async def client_loop(
+    url: str, key: str, model: bytes, jobs: int, deadline: float, tally: Tally, index: int
+) -> None:
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
+        mine: list[str] = []
+        for number in range(jobs):
+            started = time.perf_counter()
+            try:
+                response = await client.post(
+                    "/v1/jobs",
+                    files={"model": ("tiny.pt", io.BytesIO(model))},
+                    data={"spec": json.dumps({"input_shape": [1, 8, 8], "preset": "quick"})},
+                    headers={"Idempotency-Key": f"load-{index}-{number}"},
+                )
+            except httpx.HTTPError as exc:
+                tally.error(type(exc).__name__)
+                continue
+            tally.submit_ms.append((time.perf_counter() - started) * 1000)
+            if response.status_code in (200, 202):
+                mine.append(response.json()["id"])
+            else:
+                tally.error(f"submit {response.status_code}")
+        tally.job_ids.extend(mine)
+        turn = 0
+        while mine and time.monotonic() < deadline:
+            job_id = mine[turn % len(mine)]
+            turn += 1
+            started = time.perf_counter()
+            try:
+                response = await client.get(f"/v1/jobs/{job_id}")
+            except httpx.HTTPError as exc:
+                tally.error(type(exc).__name__)
+                continue
+            tally.poll_ms.append((time.perf_counter() - started) * 1000)
+            if response.status_code != 200:
+                tally.error(f"poll {response.status_code}")
+
+
+def check_jobs(url: str, key: str, submitted: list[str]) -> dict[str, int]:
+    """Every submitted id listed exactly once; cancel what is still queued."""
+    headers = {"Authorization": f"Bearer {key}"}
+    listed: list[str] = []
+    statuses: dict[str, int] = {}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        offset = 0
+        while True:
+            page = client.get("/v1/jobs", params={"limit": 200, "offset": offset}).json()
+            listed += [job["id"] for job in page["items"]]
+            for job in page["items"]:
+                statuses[job["status"]] = statuses.get(job["status"], 0) + 1
+            offset += len(page["items"])
+            if offset >= page["total"] or not page["items"]:
+                break
+        for job_id in submitted:
+            client.post(f"/v1/jobs/{job_id}/cancel")
+    duplicates = len(listed) - len(set(listed))
+    lost = set(submitted) - set(listed)
+    assert duplicates == 0, f"{duplicates} jobs listed twice"
+    assert not lost, f"{len(lost)} submitted jobs are missing"
+    assert len(set(submitted)) == len(submitted), "a submit returned an id twice"
+    return statuses
+
+
+def start_server(home: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KEGNET_")}
+    env["KEGNET_HOME"] = str(home)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kegnet_cli.main", "serve", "--port", str(port), "--loglevel", "WARNING"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return process, url, (home / "api_key").read_text().strip()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGTERM)
+    raise SystemExit("kegnet serve did not start")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", help="an existing server (default: start kegnet serve)")
+    parser.add_argument("--key", help="API key for --url")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--jobs-per-client", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+
+    model = tiny_model()
+    server = None
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.url:
+            url, key = args.url, args.key or os.environ.get("KEGNET_API_KEY", "")
+        else:
+            server, url, key = start_server(Path(scratch) / ".kegnet")
+        try:
+            tally = Tally()
+            started = time.monotonic()
+            deadline = started + args.seconds
+
+            async def run_all() -> None:
+                await asyncio.gather(
+                    *(
+                        client_loop(url, key, model, args.jobs_per_client, deadline, tally, index)
+                        for index in range(args.clients)
+                    )
+                )
+
+            asyncio.run(run_all())
+            elapsed = time.monotonic() - started
+            statuses = check_jobs(url, key, tally.job_ids)
+        finally:
+            if server is not None:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=60)
+
+    figures = {
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "clients": args.clients,
+        "seconds": round(elapsed, 1),
+        "jobs_submitted": len(tally.job_ids),
+        "submit_p50_ms": round(percentile(tally.submit_ms, 0.5), 1),
+        "submit_p99_ms": round(percentile(tally.submit_ms, 0.99), 1),
+        "polls": len(tally.poll_ms),
+        "polls_per_s": round(len(tally.poll_ms) / elapsed, 1),
+        "poll_p50_ms": round(statistics.median(tally.poll_ms), 2) if tally.poll_ms else None,
+        "poll_p99_ms": round(percentile(tally.poll_ms, 0.99), 2),
+        "errors": tally.errors,
+        "final_statuses": statuses,
+        "lost": 0,
+        "duplicated": 0,
+    }
+    text = json.dumps(figures, indent=2)
+    sys.stdout.write(text + "\n")
+    if args.json:
+        Path(args.json).write_text(text)
+    return 0 if not tally.errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
