@@ -13,8 +13,10 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import SQLAlchemyError
 
+from api.dashboard import install_dashboard
 from api.deps import Services
 from api.errors import install_error_handlers
+from api.metrics import ApiMetrics, install_metrics
 from api.routes import router
 from api.schemas import JobSpec
 from kegnet_service.db import session_factory, session_scope
@@ -89,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ensure_broker_folders(settings)
         keys_seeded = await run_in_threadpool(_seed_keys, settings)
         app.state.services = services
+        app.state.metrics = ApiMetrics(services.sessions)
         reaper = asyncio.create_task(_background(services, keys_seeded))
         yield
         reaper.cancel()
@@ -100,11 +103,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served from local files by install_dashboard: no CDN
         redoc_url=None,
     )
     install_error_handlers(app)
     app.include_router(router)
+    install_dashboard(app)
+    install_metrics(app, lambda: getattr(app.state, "metrics", None))
     _document_spec(app)
     return app
 
@@ -117,7 +122,13 @@ def _document_spec(app: FastAPI) -> None:
         if app.openapi_schema is None:
             schema = build()
             spec_schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
-            schema.setdefault("components", {}).setdefault("schemas", {})["JobSpec"] = spec_schema
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {})["JobSpec"] = spec_schema
+            components["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
+            for path, operations in schema.get("paths", {}).items():
+                if path.startswith("/v1/"):
+                    for operation in operations.values():
+                        operation["security"] = [{"apiKey": []}]
             app.openapi_schema = schema
         return app.openapi_schema
 

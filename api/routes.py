@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +26,7 @@ from kegnet_service.queue import ping_broker, send_job
 from kegnet_service.storage import ObjectMissing, StoreError
 
 router = APIRouter()
+log = logging.getLogger("kegnet.api")
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 503)
@@ -46,6 +48,8 @@ def to_public(job: Job) -> JobPublic:
     for name, (filename, _, _) in ARTIFACTS.items():
         if job.status == "succeeded" and filename in (job.artifacts or []):
             links[name] = f"{base}/{name}"
+    if job.status == "running" and (job.metrics or {}).get("preview_version"):
+        links["samples.png"] = f"{base}/samples.png"  # the live preview while generators train
     error = {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None
     return JobPublic(
         id=job.id,
@@ -204,6 +208,11 @@ async def create_job(
         )
     finally:
         upload.discard()
+    if created:
+        log.info("job created", extra={"job_id": job.id, "owner": owner, "model_bytes": upload.size})
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.upload_bytes.observe(upload.size)
     return _job_response(job, 202 if created else 200)
 
 
@@ -283,12 +292,15 @@ def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
         raise ApiError(409, "job_finished", f"the job already ended: {job.status}")
     job = jobs.request_cancel(session, job=job)
     session.commit()
+    log.info("cancel requested", extra={"job_id": job.id, "status": job.status})
     return to_public(job)
 
 
 def _artifact(services: Services, session: SessionDep, job_id: str, owner: str, name: str) -> Response:
     job = _owned_job(session, job_id, owner)
     filename, media_type, download_name = ARTIFACTS[name]
+    if name == "samples.png" and job.status == "running" and (job.metrics or {}).get("preview_version"):
+        return _stream(services, jobs.preview_key(job.id), media_type, {"Cache-Control": "no-store"})
     if job.status != "succeeded":
         raise ApiError(
             409, "job_not_finished", f"the job is {job.status}; {name} is available once it has succeeded"
@@ -302,17 +314,23 @@ def _artifact(services: Services, session: SessionDep, job_id: str, owner: str, 
     url = services.store.presigned_url(key, attachment) if services.settings.presign_downloads else None
     if url is not None:
         return RedirectResponse(url, status_code=307)
+    headers = {}
+    if media_type not in ("application/json", "image/png"):
+        headers["Content-Disposition"] = f'attachment; filename="{attachment}"'
+    return _stream(services, key, media_type, headers)
+
+
+def _stream(services: Services, key: str, media_type: str, headers: dict[str, str]) -> Response:
     try:
         size = services.store.size(key)
         chunks = services.store.iter_bytes(key)
     except ObjectMissing as exc:
-        raise ApiError(404, "artifact_not_found", f"{name} is missing from the store") from exc
+        raise ApiError(
+            404, "artifact_not_found", f"{key.rsplit('/', 1)[-1]} is missing from the store"
+        ) from exc
     except StoreError as exc:
         raise ApiError(503, "store_unavailable", "the model store is unreachable; try again shortly") from exc
-    headers = {"Content-Length": str(size)}
-    if media_type not in ("application/json", "image/png"):
-        headers["Content-Disposition"] = f'attachment; filename="{attachment}"'
-    return StreamingResponse(chunks, media_type=media_type, headers=headers)
+    return StreamingResponse(chunks, media_type=media_type, headers={**headers, "Content-Length": str(size)})
 
 
 def _artifact_route(name: str, summary: str) -> None:

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from kegnet_service.logs import configure_logging
+
 LOCAL_OWNER = "local"
 KEY_FILE = "api_key"
 
@@ -126,6 +128,7 @@ def serve(args: argparse.Namespace) -> int:
     from kegnet_service.queue import ensure_broker_folders
 
     settings = _settings()
+    configure_logging(args.loglevel)
     migrations.upgrade(settings.resolved_database_url)
     ensure_broker_folders(settings)
     key = local_key(settings)
@@ -138,7 +141,7 @@ def serve(args: argparse.Namespace) -> int:
         worker_command(settings.queue, args.concurrency, args.loglevel), env=env, start_new_session=True
     )
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.loglevel.lower())
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
     finally:
         _stop(worker)
     return 0
@@ -161,7 +164,8 @@ def api(args: argparse.Namespace) -> int:
     from api.app import create_app
 
     settings = _settings()
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.loglevel.lower())
+    configure_logging(args.loglevel)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
     return 0
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from kegnet_core.config import ExtractionConfig
 from kegnet_core.generators import Decoder, build_generator
+from kegnet_core.images import png_bytes, sample_grid
 from kegnet_core.losses import classifier_loss, decoder_loss, diversity_loss, smoothness_loss
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
 from kegnet_core.sampling import noise, seeded_init, training_labels
@@ -61,6 +62,7 @@ def train_generator(
     step_offset: int = 0,
     total_steps: int | None = None,
     label: str = "",
+    previews: bool = False,
 ) -> TrainedGenerator:
     """Train one generator against a frozen teacher.
 
@@ -124,13 +126,25 @@ def train_generator(
                 "accuracy": values[4],
             }
             history.append(record)
-            progress(ProgressEvent("extracting", step_offset + step + 1, total, _metrics(record), label))
+            preview = _preview(generator, n_classes, config.noise_dim, input_shape) if previews else None
+            progress(
+                ProgressEvent("extracting", step_offset + step + 1, total, _metrics(record), label, preview)
+            )
         else:
             progress(ProgressEvent("extracting", step_offset + step + 1, total, {}, label))
     if features is not None:
         features.close()
     generator.eval()
     return TrainedGenerator(generator=generator, seed=seed, history=history)
+
+
+def _preview(generator: nn.Module, n_classes: int, noise_dim: int, input_shape: Sequence[int]) -> bytes:
+    """A PNG of the generator's samples right now (eval mode, then back to training)."""
+    generator.eval()
+    try:
+        return png_bytes(sample_grid(generator, n_classes, noise_dim, tuple(input_shape), columns=8))
+    finally:
+        generator.train()
 
 
 def _metrics(record: dict[str, float]) -> dict[str, float]:
@@ -146,6 +160,7 @@ def extract_generators(
     seed: int,
     device: torch.device,
     progress: ProgressCallback = ignore_progress,
+    previews: bool = False,
 ) -> list[TrainedGenerator]:
     """Train ``config.generators`` generators, each with its own seed."""
     for parameter in teacher.parameters():
@@ -165,6 +180,7 @@ def extract_generators(
                 step_offset=index * config.steps,
                 total_steps=total,
                 label=f"generator {index + 1}/{config.generators}",
+                previews=previews,
             )
         )
     return trained

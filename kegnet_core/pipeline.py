@@ -161,12 +161,14 @@ def run(
     device: str | None = None,
     measure_latency: bool = True,
     sandbox: SandboxLimits | None = None,
+    previews: bool = False,
 ) -> dict[str, Any]:
     """Run ``spec.task`` ("compress" or "extract") on the TorchScript at ``model_path``.
 
     With ``sandbox`` limits, the model is first loaded and run once in a
     limited child process (:mod:`kegnet_core.sandbox`), as the service does
-    for every upload.
+    for every upload.  With ``previews``, each extraction epoch also sends a
+    PNG of the current samples in its progress event.
     """
     started = time.perf_counter()
     model_path, out_dir = Path(model_path), Path(out_dir)
@@ -219,6 +221,7 @@ def run(
                 seed=spec.seed,
                 device=torch_device,
                 progress=progress,
+                previews=previews,
             )
         report["history"]["extraction"] = [trained.history for trained in generators]
 

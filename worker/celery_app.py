@@ -6,11 +6,21 @@ their first job, so CUDA is never initialised in a parent before fork.
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import Any
 
+from celery import Celery
+from celery.signals import setup_logging
+
+from kegnet_service.logs import configure_logging
 from kegnet_service.queue import make_celery
 from kegnet_service.settings import get_settings
 from worker.tasks import register_tasks
+
+
+@setup_logging.connect
+def _logging(loglevel: str | None = None, **_kwargs: Any) -> None:
+    """Our JSON/text logging instead of Celery's (connecting here stops Celery's own setup)."""
+    configure_logging(loglevel or "INFO")
 
 
 def create_worker_app() -> Celery:

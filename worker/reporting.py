@@ -16,7 +16,7 @@ from kegnet_service.db import session_scope
 MAX_CURVE_POINTS = 500
 
 
-class JobTimeLimit(Exception):
+class JobTimeLimitError(Exception):
     """The job ran past its time limit."""
 
 
@@ -26,7 +26,8 @@ class JobReporter:
     Every write doubles as the heartbeat and reads back the cancel flag, so a
     cancel takes effect at the first step after the next write.  Stage
     changes and metric records (one per epoch or check) are always written,
-    and kept as loss curves for the dashboard.
+    and kept as loss curves for the dashboard; sample previews are handed to
+    ``save_preview`` at most every ``preview_interval_s``.
     """
 
     def __init__(
@@ -39,6 +40,8 @@ class JobReporter:
         interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         cancelled: threading.Event | None = None,
+        save_preview: Callable[[bytes], None] | None = None,
+        preview_interval_s: float = 5.0,
     ) -> None:
         self.database_url = database_url
         self.job_id = job_id
@@ -51,13 +54,17 @@ class JobReporter:
         self.curves: dict[str, list[dict[str, Any]]] = {}
         self.latest: dict[str, Any] = {}
         self.cancelled = cancelled or threading.Event()
+        self.save_preview = save_preview
+        self.preview_interval_s = preview_interval_s
+        self.last_preview = float("-inf")
+        self.preview_version = 0
 
     def __call__(self, event: ProgressEvent) -> None:
         if self.cancelled.is_set():
             raise Cancelled()
         now = self.clock()
         if now > self.deadline:
-            raise JobTimeLimit(f"the job ran past its time limit in stage {event.stage}")
+            raise JobTimeLimitError(f"the job ran past its time limit in stage {event.stage}")
         has_metrics = bool(event.metrics)
         if has_metrics:
             point: dict[str, Any] = {"step": event.step, **{k: float(v) for k, v in event.metrics.items()}}
@@ -68,6 +75,11 @@ class JobReporter:
             if len(curve) > MAX_CURVE_POINTS:
                 del curve[::2]  # keep the curve's shape, halve its points
             self.latest = {"stage": event.stage, "step": event.step, "total": event.total, **point}
+        due = now - self.last_preview >= self.preview_interval_s
+        if event.preview is not None and self.save_preview is not None and due:
+            self.save_preview(event.preview)
+            self.last_preview = now
+            self.preview_version += 1
         stage_changed = event.stage != self.stage
         if not (stage_changed or has_metrics or now - self.last_write >= self.interval_s):
             return
@@ -80,6 +92,7 @@ class JobReporter:
             "step": event.step,
             "total": event.total,
             "detail": event.detail,
+            "preview_version": self.preview_version,
         }
         with session_scope(self.database_url) as session:
             cancel = jobs.record_progress(

@@ -21,12 +21,13 @@ from celery import Celery, Task
 from kegnet_core.errors import Cancelled, KegnetError
 from kegnet_service import jobs
 from kegnet_service.db import session_scope
+from kegnet_service.logs import bound_job
 from kegnet_service.queue import REAP, RUN_JOB
 from kegnet_service.reaper import reap_once
 from kegnet_service.settings import Settings, get_settings
 from kegnet_service.storage import LocalStore, S3Store, StoreError, open_store
 from worker.heartbeat import Heartbeat
-from worker.reporting import JobReporter, JobTimeLimit
+from worker.reporting import JobReporter, JobTimeLimitError
 
 log = logging.getLogger("kegnet.worker")
 
@@ -68,6 +69,16 @@ def _upload_outputs(store: LocalStore | S3Store, job_id: str, out_dir: Path) -> 
     return uploaded
 
 
+def _save_preview(store: LocalStore | S3Store, job_id: str, png: bytes, work: Path) -> None:
+    """The live sample grid the dashboard shows while generators train."""
+    path = work / "preview.png"
+    path.write_bytes(png)
+    try:
+        store.put_file(jobs.preview_key(job_id), path)
+    except StoreError:
+        log.warning("could not store a preview for job %s", job_id)
+
+
 def _finish(settings: Settings, job_id: str, **values: Any) -> None:
     with session_scope(settings.resolved_database_url) as session:
         jobs.finish_job(session, job_id=job_id, **values)
@@ -103,6 +114,7 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
                 time_limit_s=settings.job_time_limit_s,
                 interval_s=min(settings.heartbeat_interval_s, 2.0),
                 cancelled=heartbeat.cancelled,
+                save_preview=lambda png: _save_preview(store, job_id, png, work),
             )
             out_dir = work / "out"
             limits = SandboxLimits(
@@ -110,7 +122,15 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
                 cpu_seconds=int(settings.sandbox_timeout_s) + 1,
                 wall_seconds=settings.sandbox_timeout_s,
             )
-            report = run(teacher, spec, out_dir, progress=reporter, device=settings.device, sandbox=limits)
+            report = run(
+                teacher,
+                spec,
+                out_dir,
+                progress=reporter,
+                device=settings.device,
+                sandbox=limits,
+                previews=True,
+            )
             _bundle_generators(out_dir, report)
             artifacts = _upload_outputs(store, job_id, out_dir)
         _finish(settings, job_id, status="succeeded", report=report, artifacts=artifacts)
@@ -119,7 +139,7 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
         store.delete_prefix(f"jobs/{job_id}/out")
         _finish(settings, job_id, status="cancelled")
         outcome = "cancelled"
-    except JobTimeLimit as exc:
+    except JobTimeLimitError as exc:
         store.delete_prefix(f"jobs/{job_id}/out")
         _finish(settings, job_id, status="failed", error_code="time_limit", error_message=str(exc))
     except KegnetError as exc:
@@ -151,7 +171,11 @@ def _work_dir(settings: Settings) -> Path:
 def register_tasks(app: Celery) -> None:
     @app.task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def run_job(self: Task, job_id: str) -> str:
-        return execute_job(job_id, worker=f"{self.request.hostname}:{os.getpid()}")
+        with bound_job(job_id):
+            log.info("job received")
+            outcome = execute_job(job_id, worker=f"{self.request.hostname}:{os.getpid()}")
+            log.info("job ended: %s", outcome, extra={"outcome": outcome})
+            return outcome
 
     @app.task(name=REAP, ignore_result=True)
     def reap_stale_jobs() -> list[str]:

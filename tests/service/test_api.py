@@ -178,6 +178,9 @@ def test_a_job_runs_and_its_artifacts_download(client, settings, tiny_model_byte
     assert job["report"]["params_after"] < job["report"]["params_before"]
     assert set(job["links"]) >= {"model", "report", "samples.png", "latent_walk.png", "generators"}
     assert job["metrics"]["curves"]["distilling"]
+    assert job["metrics"]["preview_version"] >= 1  # live sample grids were saved while training
+    live = settings.home / "store" / "jobs" / job_id / "live" / "samples.png"
+    assert live.read_bytes().startswith(b"\x89PNG")
 
     model = client.get(f"/v1/jobs/{job_id}/model", headers=auth())
     assert model.status_code == 200
@@ -290,3 +293,33 @@ def test_progress_maps_stages_onto_the_whole_job():
         < jobs.overall_progress("compress", "exporting", 0)
     )
     assert json.dumps(jobs.STAGE_SPANS)  # plain data, shared with the dashboard
+
+
+def test_metrics_in_prometheus_format(client, settings, tiny_model_bytes):
+    job_id = submit(client, tiny_model_bytes).json()["id"]
+    execute_job(job_id, settings)
+    submit(client, tiny_model_bytes)
+    client.get("/v1/jobs", headers=auth())
+    text = client.get("/metrics").text
+    assert 'kegnet_jobs{status="succeeded"} 1.0' in text
+    assert 'kegnet_jobs{status="queued"} 1.0' in text
+    assert "kegnet_queue_depth 1.0" in text
+    assert 'kegnet_stage_duration_seconds_count{stage="distilling"} 1.0' in text
+    assert "kegnet_upload_bytes_count 2.0" in text
+    assert (
+        'kegnet_http_request_duration_seconds_count{method="GET",route="/v1/jobs",status="200"} 1.0' in text
+    )
+
+
+def test_logs_carry_the_job_id_as_json(capsys):
+    import logging
+
+    from kegnet_service.logs import bound_job, configure_logging
+
+    configure_logging("INFO", json_lines=True)
+    with bound_job("abc123"):
+        logging.getLogger("kegnet.test").info("hello", extra={"stage": "distilling"})
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    entry = json.loads(line)
+    assert entry["message"] == "hello" and entry["job_id"] == "abc123" and entry["stage"] == "distilling"
+    logging.getLogger().handlers.clear()

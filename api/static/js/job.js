@@ -244,6 +244,7 @@ export function jobView(main, id) {
   const notice = h("p", { class: "notice", role: "status", hidden: true });
   let curvesKey = "";
   let finishedRendered = false;
+  let previewVersion = 0;
   let poller = null;
 
   cancelButton.addEventListener("click", async () => {
@@ -280,13 +281,13 @@ export function jobView(main, id) {
     clear(slot, h("div", { class: "placeholder" }, text));
   }
 
-  async function showImage(slot, job, name, alt) {
+  async function showImage(slot, job, name, alt, live = false) {
     if (!job.links[name]) {
       const why = job.spec.task === "compress" && job.spec.prior !== "kegnet" ? ` (prior: ${job.spec.prior})` : "";
       placeholder(slot, `This job trained no generators${why}, so there is no image.`);
       return;
     }
-    placeholder(slot, "Loading…");
+    if (!live || !slot.querySelector("img")) placeholder(slot, "Loading…");
     try {
       const { blob } = await fetchBlob(job.links[name]);
       const src = URL.createObjectURL(blob);
@@ -359,7 +360,13 @@ export function jobView(main, id) {
     }
     if (!spec.childElementCount) clear(spec, specView(job.spec));
     if (!TERMINAL.has(job.status)) {
-      placeholder(samples, "Drawn when the job has finished.");
+      const version = (job.metrics && job.metrics.preview_version) || 0;
+      if (job.links["samples.png"] && version !== previewVersion) {
+        previewVersion = version;
+        showImage(samples, job, "samples.png", "Generated samples so far, one row per class", true);
+      } else if (!previewVersion) {
+        placeholder(samples, "Drawn as soon as the generators start training.");
+      }
       placeholder(walk, "Drawn when the job has finished.");
     } else if (!finishedRendered) {
       renderFinished(job);
