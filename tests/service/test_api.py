@@ -323,3 +323,67 @@ def test_logs_carry_the_job_id_as_json(capsys):
     entry = json.loads(line)
     assert entry["message"] == "hello" and entry["job_id"] == "abc123" and entry["stage"] == "distilling"
     logging.getLogger().handlers.clear()
+
+
+ENDPOINTS = [
+    ("GET", "/v1/jobs/{id}"),
+    ("POST", "/v1/jobs/{id}/cancel"),
+    ("GET", "/v1/jobs/{id}/model"),
+    ("GET", "/v1/jobs/{id}/report"),
+    ("GET", "/v1/jobs/{id}/samples.png"),
+    ("GET", "/v1/jobs/{id}/latent_walk.png"),
+    ("GET", "/v1/jobs/{id}/generators"),
+]
+
+
+def test_auth_matrix_for_every_endpoint(client, settings, tiny_model_bytes):
+    job_id = submit(client, tiny_model_bytes).json()["id"]
+    execute_job(job_id, settings)
+    for method, template in [("GET", "/v1/jobs"), ("POST", "/v1/jobs"), *ENDPOINTS]:
+        path = template.format(id=job_id)
+        assert client.request(method, path).status_code == 401, (method, path)
+        assert client.request(method, path, headers=auth("not-a-key-0123456789")).status_code == 401, path
+    for method, template in ENDPOINTS:
+        path = template.format(id=job_id)
+        assert client.request(method, path, headers=auth(BOB)).status_code == 404, (method, path)
+        own = client.request(method, path, headers=auth(ALICE)).status_code
+        assert own == (409 if method == "POST" else 200), (method, path, own)  # cancel: already finished
+    assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+
+
+def test_a_job_past_its_time_limit_fails_with_a_code(tmp_path, tiny_model_bytes):
+    limited = Settings(home=tmp_path / "limited", api_keys=f"alice:{ALICE}", job_time_limit_s=3)
+    limited.home.mkdir()
+    import migrations
+
+    migrations.upgrade(limited.resolved_database_url)
+    with TestClient(create_app(limited)) as small:
+        job_id = submit(small, tiny_model_bytes, '{"input_shape": [1, 8, 8], "preset": "default"}').json()[
+            "id"
+        ]
+        assert execute_job(job_id, limited) == "failed"
+        job = small.get(f"/v1/jobs/{job_id}", headers=auth()).json()
+    assert job["error"]["code"] == "time_limit" and "time limit" in job["error"]["message"]
+    assert not (limited.home / "store" / "jobs" / job_id / "out").exists()
+
+
+def test_a_job_that_keeps_killing_workers_fails_after_max_attempts(client, settings, tiny_model_bytes):
+    from datetime import timedelta
+
+    from kegnet_service.reaper import reap_once
+
+    job_id = submit(client, tiny_model_bytes).json()["id"]
+    celery = client.app.state.services.celery
+    for attempt in range(1, settings.max_attempts + 1):
+        with session_scope(settings.resolved_database_url) as session:
+            claimed = jobs.claim_job(
+                session, job_id=job_id, worker=f"w{attempt}", max_attempts=settings.max_attempts
+            )
+            assert claimed is not None and claimed.attempts == attempt
+            claimed.heartbeat_at = jobs.now() - timedelta(hours=1)  # the worker died silently
+        requeued = reap_once(settings, celery)
+        expected = [job_id] if attempt < settings.max_attempts else []
+        assert requeued == expected
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
+    assert job["status"] == "failed" and job["error"]["code"] == "worker_lost"
+    assert job["attempts"] == settings.max_attempts

@@ -1,0 +1,1 @@
+"""kegnet test suite."""
