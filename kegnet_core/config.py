@@ -60,6 +60,7 @@ class DistillConfig:
     train_compressed_only: bool = False  # keep the layers that were not factorised as they are
     pool_batches: int | None = 100
     label_mix: float = 0.0  # share of samples drawn from mixtures of two classes
+    noise_scale: float = 1.0  # z ~ N(0, noise_scale^2): wider z reaches more of what G learned
     eval_every: int = 100
     eval_samples: int = 2048
     patience_evals: int | None = 50  # stop after this many checks without improvement

@@ -129,6 +129,7 @@ def _sample_source(
             n_classes,
             preset.extraction.noise_dim,
             label_mix=preset.distill.label_mix,
+            noise_scale=preset.distill.noise_scale,
         )
     if prior == "uniform":
         return UniformSource(input_shape)

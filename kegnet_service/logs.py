@@ -55,8 +55,12 @@ class TextFormatter(logging.Formatter):
         return f"{text} [job {job_id}]" if job_id else text
 
 
-def configure_logging(level: str = "INFO", json_lines: bool | None = None) -> None:
-    """Set up the root logger once per process (call from entry points, never on import)."""
+def configure_logging(level: str | int = "INFO", json_lines: bool | None = None) -> None:
+    """Set up the root logger once per process (call from entry points, never on import).
+
+    ``level`` is a name (``"info"``) or a number: Celery hands its
+    ``setup_logging`` signal the number.
+    """
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
@@ -66,7 +70,7 @@ def configure_logging(level: str = "INFO", json_lines: bool | None = None) -> No
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(level.upper() if isinstance(level, str) else level)
 
 
 @contextmanager

@@ -9,18 +9,24 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_init
 
 from kegnet_service.logs import configure_logging
-from kegnet_service.queue import make_celery
+from kegnet_service.queue import ensure_broker_folders, make_celery
 from kegnet_service.settings import get_settings
 from worker.tasks import register_tasks
 
 
 @setup_logging.connect
-def _logging(loglevel: str | None = None, **_kwargs: Any) -> None:
+def _logging(loglevel: str | int | None = None, **_kwargs: Any) -> None:
     """Our JSON/text logging instead of Celery's (connecting here stops Celery's own setup)."""
     configure_logging(loglevel or "INFO")
+
+
+@worker_init.connect
+def _broker_folders(**_kwargs: Any) -> None:
+    """A worker started on its own (not by ``kegnet serve``) makes the local broker's folders."""
+    ensure_broker_folders(get_settings())
 
 
 def create_worker_app() -> Celery:

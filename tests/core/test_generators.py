@@ -34,7 +34,9 @@ def test_images_are_standardised_per_image_and_channel():
 
 def test_paper_generator_layout_for_32x32():
     generator = build_generator((1, 32, 32), n_classes=10, noise_dim=10)
-    widths = [layer.out_channels for layer in generator.conv if isinstance(layer, torch.nn.ConvTranspose2d)]
+    widths = [
+        layer.out_channels for layer in generator.modules() if isinstance(layer, torch.nn.ConvTranspose2d)
+    ]
     assert widths == [64, 16, 4, 1]
 
 

@@ -47,11 +47,13 @@ def test_loaded_model_matches_original(name, factory, shape, layers, trace):
 def test_loaded_model_trains():
     model = load_classifier(torchscript_bytes(TinyCNN(), (1, 8, 8)), (1, 8, 8))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    before = model.head.weight.detach().clone()
+    head = model.get_submodule("head")
+    assert isinstance(head, torch.nn.Linear)
+    before = head.weight.detach().clone()
     loss = model(torch.randn(4, 1, 8, 8)).square().mean()
     loss.backward()
     optimizer.step()
-    assert not torch.equal(before, model.head.weight)
+    assert not torch.equal(before, head.weight)
 
 
 def test_loaded_model_scripts_with_free_batch():
@@ -63,7 +65,9 @@ def test_loaded_model_scripts_with_free_batch():
 def test_paper_teachers_load(shared: Path):
     for name in ("mnist", "svhn", "fashion"):
         teacher = load_paper_teacher(shared / "teachers" / "kegnet" / f"{name}.pth.tar")
-        shape = (teacher.conv1.in_channels, 32, 32)
+        conv1 = teacher.get_submodule("conv1")
+        assert isinstance(conv1, torch.nn.Conv2d)
+        shape = (conv1.in_channels, 32, 32)
         model = load_classifier(torchscript_bytes(teacher, shape), shape)
         x = torch.randn(3, *shape)
         with torch.no_grad():

@@ -45,7 +45,7 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def wait_until(check, timeout: float, what: str, interval: float = 0.25) -> None:  # type: ignore[no-untyped-def]
+def wait_until(check, timeout: float, what: str, interval: float = 0.25) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -96,7 +96,7 @@ class S3Server:
     endpoint: str
     process: subprocess.Popen[bytes]
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self):
         import boto3
 
         return boto3.client(

@@ -66,9 +66,11 @@ def test_a_job_on_postgres_redis_and_s3(deployment: Deployment, s3_server: S3Ser
     assert student(torch.randn(4, 1, 8, 8)).shape == (4, 3)
 
     with psycopg.connect(deployment.env["KEGNET_DATABASE_URL"]) as connection:
-        status, attempts, report = connection.execute(
+        row = connection.execute(
             "SELECT status, attempts, report FROM jobs WHERE id = %s", (job_id,)
         ).fetchone()
+    assert row is not None
+    status, attempts, report = row
     assert (status, attempts) == ("succeeded", 1)
     assert report["compression_ratio"] > 1
 

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -53,7 +54,9 @@ def test_a_killed_worker_loses_no_job(deployment: Deployment, model_bytes):
     assert job["status"] == "succeeded", job["error"]
     assert job["attempts"] == 2
     with psycopg.connect(deployment.env["KEGNET_DATABASE_URL"]) as connection:
-        (worker,) = connection.execute("SELECT worker FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        row = connection.execute("SELECT worker FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    assert row is not None
+    (worker,) = row
     assert worker.startswith("rescuer@")
 
 
@@ -91,7 +94,7 @@ def private_redis(tmp_path):
         wait_until(lambda: port_open("127.0.0.1", port), 20, "redis")
         return process
 
-    handle = {"process": start(), "start": start, "port": port}
+    handle: dict[str, Any] = {"process": start(), "start": start, "port": port}
     yield handle
     handle["process"].terminate()
     handle["process"].wait()

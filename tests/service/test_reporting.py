@@ -35,7 +35,8 @@ def _job(settings, job_id):
 
 
 def test_writes_are_throttled_but_stages_and_metrics_always_land(settings, running_job):
-    clock, previews = Clock(), []
+    clock = Clock()
+    previews: list[bytes] = []
     reporter = JobReporter(
         database_url=settings.resolved_database_url,
         job_id=running_job,
@@ -74,7 +75,9 @@ def test_cancel_and_time_limit(settings, running_job):
     )
     reporter(ProgressEvent("distilling", 1, 10))
     with session_scope(settings.resolved_database_url) as session:
-        jobs.request_cancel(session, job=jobs.get_job(session, job_id=running_job))
+        job = jobs.get_job(session, job_id=running_job)
+        assert job is not None
+        jobs.request_cancel(session, job=job)
     clock.now = 2.0
     with pytest.raises(Cancelled):
         reporter(ProgressEvent("distilling", 2, 10))
