@@ -36,10 +36,7 @@ class TrainedGenerator:
 class _PenultimateFeatures:
     """Holds the input of the teacher's output layer from the last forward pass."""
 
-    def __init__(self, teacher: nn.Module) -> None:
-        name = output_layer(teacher)
-        if name is None:
-            raise ValueError("the teacher has no Linear or Conv2d output layer to read features from")
+    def __init__(self, teacher: nn.Module, name: str) -> None:
         self.value = torch.zeros(())
         self.handle = teacher.get_submodule(name).register_forward_hook(self._record)
 
@@ -77,7 +74,10 @@ def train_generator(
         decoder = Decoder(n_inputs, config.noise_dim, config.decoder_hidden_layers, config.decoder_units)
     generator.to(device).train()
     decoder.to(device).train()
-    features = _PenultimateFeatures(teacher) if config.activation_weight else None
+    # A teacher whose last step is not a Linear or Conv2d layer has no
+    # features to read: the activation term is then left out, not an error.
+    last_layer = output_layer(teacher) if config.activation_weight else None
+    features = _PenultimateFeatures(teacher, last_layer) if last_layer is not None else None
     rng = torch.Generator(device).manual_seed(seed)
     optimizer = torch.optim.Adam([*generator.parameters(), *decoder.parameters()], lr=config.learning_rate)
     total = total_steps or config.steps

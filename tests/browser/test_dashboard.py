@@ -108,6 +108,7 @@ def test_the_form_checks_the_spec_as_it_is_typed(signed_in: Page) -> None:
 def test_a_dropped_file_refused_by_the_server_shows_its_message(signed_in: Page) -> None:
     page = signed_in
     page.click("a[href='#/new'] >> nth=0")
+    page.locator(".dropzone").wait_for()  # the form renders after the click
     page.evaluate(
         """() => {
             const data = new DataTransfer();
