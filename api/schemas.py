@@ -25,7 +25,8 @@ class JobSpec(BaseModel):
     )
     layers: list[str] | None = Field(
         None,
-        description="module paths to factorise; null: every layer that gets smaller except the output layer",
+        description="module paths to factorise; "
+        "null: every layer that gets smaller except the first and the output layer",
     )
     ranks: Literal["evbmf"] | float | dict[str, list[int]] = Field(
         "evbmf", description="'evbmf', a keep fraction in (0, 1], or {layer: [out_rank, in_rank]}"

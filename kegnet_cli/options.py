@@ -62,7 +62,7 @@ def add_spec_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layers",
         help="comma-separated module paths to factorise (default: every layer that gets smaller, "
-        "except the output layer)",
+        "except the first and the output layer)",
     )
     parser.add_argument("--ranks", type=parse_ranks, default="evbmf", help="evbmf | 0.5 | conv3=11:7,...")
     parser.add_argument("--target-ratio", type=float, help="choose ranks so the model shrinks this much")

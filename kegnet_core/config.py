@@ -162,7 +162,7 @@ class CompressionSpec:
     """What the user asks for: the service's job spec and the CLI's options.
 
     ``layers`` None means every layer where factorising saves parameters
-    (except the output layer); ``ranks`` is "evbmf", a keep fraction in
+    (except the first and the output layer); ``ranks`` is "evbmf", a keep fraction in
     (0, 1] or {layer: [out_rank, in_rank]}; ``target_ratio`` overrides ranks.
     """
 

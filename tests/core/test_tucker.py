@@ -10,14 +10,17 @@ from torch import nn
 
 from kegnet_core.errors import SpecError
 from kegnet_core.evbmf import evbmf_rank
+from kegnet_core.loading import load_classifier
 from kegnet_core.tucker import (
     TuckerConv2d,
     TuckerLinear,
     apply_plan,
+    default_layers,
     factorised_params,
     plan_compression,
 )
 from kegnet_core.zoo import LeNet5, load_paper_teacher
+from tests.core.models import torchscript_bytes
 
 
 @pytest.mark.parametrize(
@@ -128,3 +131,12 @@ def test_target_ratio_is_met(target):
     assert plan.compression_ratio >= target
     # ... and not wildly overshot: the search keeps as much as it can.
     assert plan.compression_ratio < target * 1.5
+
+
+def test_default_layers_skip_the_first_and_the_output_layer():
+    lenet = load_classifier(torchscript_bytes(LeNet5(), (1, 32, 32)), (1, 32, 32))
+    assert default_layers(lenet) == ["conv2", "conv3", "fc1"]
+    plan = plan_compression(lenet)
+    assert sorted(layer.name for layer in plan.layers) == ["conv2", "conv3", "fc1"]
+    two = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    assert default_layers(two) == ["1"]  # with two layers, the first is the only candidate

@@ -11,7 +11,7 @@ const HELP = {
   task: "Compress: a smaller student. Extract: only the generators, for your own distillation.",
   preset: "quick: seconds, for trying things. default: our recipe. paper: the published MNIST recipe.",
   prior: "Samples the student learns from: KegNet generators, or the paper's baselines.",
-  layers: "Module paths to factorise, comma-separated (conv3, layers3.0.conv1). Empty: every layer that gets smaller, except the output layer.",
+  layers: "Module paths to factorise, comma-separated (conv3, layers3.0.conv1). Empty: every layer that gets smaller, except the first and the output layer.",
   ranks: "evbmf (automatic), a keep fraction like 0.5, or explicit ranks: conv3=11:7, fc1=32:64",
   target_ratio: "Optional: choose ranks so the whole model shrinks at least this much.",
   seed: "Makes CPU runs repeatable.",
