@@ -140,11 +140,19 @@ def serve(args: argparse.Namespace) -> int:
     worker = subprocess.Popen(
         worker_command(settings.queue, args.concurrency, args.loglevel), env=env, start_new_session=True
     )
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; with the
+    # default handler that would kill this process before `finally` stops the
+    # worker, leaving it orphaned.  Exiting through SystemExit runs `finally`.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
     finally:
         _stop(worker)
     return 0
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -44,9 +45,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("serve") / ".kegnet"
+def _start_serve(home: Path) -> tuple[subprocess.Popen[bytes], str, IO[bytes]]:
     port = _free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("KEGNET_")}
     env["KEGNET_HOME"] = str(home)
@@ -71,6 +70,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         time.sleep(0.5)
     else:
         pytest.fail("kegnet serve did not become ready")
+    return process, url, log
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("serve") / ".kegnet"
+    process, url, log = _start_serve(home)
     yield Server(url=url, home=home, key=(home / "api_key").read_text().strip(), process=process)
     os.killpg(process.pid, signal.SIGTERM)
     process.wait(timeout=60)
@@ -157,3 +163,40 @@ def test_the_client_commands(server: Server, teacher_file: Path, tmp_path: Path)
         "submit", str(teacher_file), "--input-shape", "1,8,8", "--key", "wrong-key-123456", check=False
     )
     assert bad.returncode == 1 and "401" in bad.stderr
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_stopping_serve_stops_its_worker(tmp_path: Path):
+    # `kill PID` on serve alone (as demo.sh's trap does) must not orphan the
+    # Celery worker it started in its own session.
+    process, _url, log = _start_serve(tmp_path / ".kegnet")
+    workers = _children(process.pid)
+    assert workers, "kegnet serve started no worker"
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    log.close()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers), "the worker outlived kegnet serve"
