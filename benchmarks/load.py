@@ -35,6 +35,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.docs_section import write_section  # noqa: E402
+
 
 @dataclass
 class Tally:
@@ -212,7 +214,7 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(text)
     if args.write:
-        write_section(args.write, markdown(figures))
+        write_section(args.write, "load", markdown(figures))
     failed = tally.errors or lost or duplicated
     if failed:
         sys.stderr.write(f"FAILED: {tally.errors} errors, {lost} jobs lost, {duplicated} duplicated\n")
@@ -238,13 +240,6 @@ def markdown(figures: dict[str, Any]) -> str:
             f"| jobs lost / duplicated | {figures['lost']} / {figures['duplicated']} |",
         ]
     )
-
-
-def write_section(path: Path, body: str) -> None:
-    begin, end = "<!-- load:begin -->", "<!-- load:end -->"
-    text = path.read_text()
-    head, rest = text.split(begin, 1)
-    path.write_text(f"{head}{begin}\n{body}\n{end}{rest.split(end, 1)[1]}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.docs_section import write_section  # noqa: E402
 from kegnet_core.config import CompressionSpec  # noqa: E402
 from kegnet_core.evaluation import accuracy, mnist_test_set  # noqa: E402
 from kegnet_core.pipeline import run  # noqa: E402
@@ -47,7 +48,6 @@ PAPER = {
     "gaussian": ("95.45 ± 0.15%", "87.70 ± 0.12%"),
     "kegnet": ("96.32 ± 0.05%", "90.89 ± 0.11%"),
 }
-BEGIN, END = "<!-- paper-table:begin -->", "<!-- paper-table:end -->"
 
 
 def default_shared() -> Path:
@@ -140,17 +140,6 @@ def table(rows: list[dict[str, Any]], teacher_accuracy: float, preset: str) -> s
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -188,7 +177,7 @@ def main() -> int:
     body = f"Measured {stamp} on {machine} by `benchmarks/paper_table.py`.\n\n{body}"
     sys.stdout.write(body + "\n")
     if args.write:
-        write_section(args.write, body)
+        write_section(args.write, "paper-table", body)
     return 0
 
 
