@@ -32,6 +32,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 503)
 }
 
+# SQLite and Postgres take a signed 64-bit OFFSET; a bigger one would be a 500, not a 422.
+MAX_OFFSET = 2**62
+
 # name in the URL -> (file the worker stores, media type, download name)
 ARTIFACTS = {
     "model": ("student.pt", "application/octet-stream", "student.pt"),
@@ -251,7 +254,7 @@ def list_jobs(
     owner: OwnerDep,
     status: Annotated[list[str] | None, Query(description="filter by status (repeatable)")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobList:
     statuses = status or []
     unknown = [value for value in statuses if value not in JOB_STATUSES]

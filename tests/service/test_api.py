@@ -145,6 +145,9 @@ def test_listing_is_newest_first_filtered_and_paginated(client, tiny_model_bytes
     assert [job["id"] for job in cancelled["items"]] == [ids[1]]
     bad = client.get("/v1/jobs", headers=auth(), params={"status": "sleeping"})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "status"
+    # Past what the databases' 64-bit OFFSET holds: a 422 that names the field, not a 500.
+    huge = client.get("/v1/jobs", headers=auth(), params={"offset": 2**63})
+    assert huge.status_code == 422 and huge.json()["error"]["field"] == "offset"
 
 
 def test_unknown_job_is_404(client):
