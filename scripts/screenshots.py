@@ -14,10 +14,6 @@ import argparse
 import io
 import json
 import logging
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +26,10 @@ if TYPE_CHECKING:
     from playwright.sync_api import Page, ViewportSize
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.serve_process import start_serve  # noqa: E402
+
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -48,43 +48,8 @@ SIZES: dict[str, ViewportSize] = {
 log = logging.getLogger("screenshots")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_serve(home: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("KEGNET_")}
-    env["KEGNET_HOME"] = str(home)
-    with open(home.parent / "serve.log", "wb") as output:
-        return subprocess.Popen(
-            [sys.executable, "-m", "kegnet_cli.main", "serve", "--port", str(port), "--loglevel", "WARNING"],
-            env=env,
-            cwd=REPO,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit("kegnet serve exited before it was ready")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("kegnet serve did not become ready")
-
-
 def tiny_teacher() -> bytes:
     """The tests' TinyCNN (1x8x8 inputs, 3 classes) as TorchScript."""
-    sys.path.insert(0, str(REPO))
     import torch
 
     from tests.core.models import TinyCNN, torchscript_bytes
@@ -161,20 +126,17 @@ def main() -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kegnet-shots-") as folder:
-        home = Path(folder) / ".kegnet"
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        process = start_serve(home, port)
         try:
-            wait_ready(url, process)
-            key = (home / "api_key").read_text().strip()
-            log.info("kegnet serve at %s; running a quick job", url)
-            job_id = run_job(url, key, args.timeout)
-            for path in shoot(url, key, job_id, args.out, args.chromium):
+            serve = start_serve(Path(folder) / ".kegnet", cwd=REPO)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
+        try:
+            log.info("kegnet serve at %s; running a quick job", serve.url)
+            job_id = run_job(serve.url, serve.api_key(), args.timeout)
+            for path in shoot(serve.url, serve.api_key(), job_id, args.out, args.chromium):
                 log.info("saved %s", path)
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=60)
+            serve.stop()
     return 0
 
 

@@ -10,11 +10,6 @@ networked machine.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +18,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
+from tests.serve_process import ServeProcess, start_serve
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, Route
@@ -46,6 +43,7 @@ class Server:
     url: str
     home: Path
     key: str
+    serve: ServeProcess
 
 
 @dataclass
@@ -53,50 +51,6 @@ class Blocked:
     """Requests the page tried to send off the test server."""
 
     urls: list[str] = field(default_factory=list)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_serve(home: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    """``kegnet serve`` as a user runs it, with a fresh KEGNET_HOME."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("KEGNET_")}
-    env["KEGNET_HOME"] = str(home)
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "kegnet_cli.main", "serve", "--port", str(port), "--loglevel", "WARNING"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None:
-            raise RuntimeError(f"kegnet serve exited:\n{log_path.read_text()}")
-        time.sleep(0.5)
-    raise RuntimeError("kegnet serve did not become ready")
-
-
-def stop_serve(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="session")
@@ -114,24 +68,19 @@ def browser() -> Iterator[Browser]:
 def server(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Started only once the browser is known to be there, so a skip costs nothing."""
     home = tmp_path_factory.mktemp("serve") / ".kegnet"
-    home.parent.mkdir(parents=True, exist_ok=True)
-    log_path = home.parent / "serve.log"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = start_serve(home, port, log_path)
     try:
-        try:
-            wait_ready(url, process, log_path)
-        except RuntimeError as exc:
-            pytest.fail(str(exc))
-        page = httpx.get(f"{url}/", timeout=5)
+        serve = start_serve(home)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        page = httpx.get(f"{serve.url}/", timeout=5)
         if page.status_code != 200 or 'id="main"' not in page.text:
             pytest.fail(
                 f"GET / answered {page.status_code}: api.app.create_app must call install_dashboard(app)"
             )
-        yield Server(url=url, home=home, key=(home / "api_key").read_text().strip())
+        yield Server(url=serve.url, home=home, key=serve.api_key(), serve=serve)
     finally:
-        stop_serve(process)
+        serve.stop()
 
 
 @pytest.fixture

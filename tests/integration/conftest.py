@@ -27,17 +27,13 @@ import httpx
 import psycopg
 import pytest
 
+from tests.serve_process import free_port
+
 PG_ADMIN = os.environ.get("KEGNET_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_HOST, REDIS_PORT = "127.0.0.1", int(os.environ.get("KEGNET_TEST_REDIS_PORT", "6379"))
 S3_KEY, S3_SECRET, BUCKET = "kegnet-test", "kegnet-test-secret", "kegnet-test"
 API_KEY = "integration-key-0123456789"
 OTHER_KEY = "integration-other-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _bindable(port: int) -> bool:

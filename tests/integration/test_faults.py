@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from tests.core.models import TinyCNN, torchscript_bytes
+from tests.serve_process import free_port
 
-from .conftest import BUCKET, Deployment, S3Server, free_port, port_open, wait_until
+from .conftest import BUCKET, Deployment, S3Server, port_open, wait_until
 from .test_deployment import submit, wait_for
 
 pytestmark = pytest.mark.integration

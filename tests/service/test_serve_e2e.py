@@ -6,18 +6,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
 import torch
+
+from tests.serve_process import start_serve
 
 
 @dataclass
@@ -39,48 +39,15 @@ class Server:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start_serve(home: Path) -> tuple[subprocess.Popen[bytes], str, IO[bytes]]:
-    port = _free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("KEGNET_")}
-    env["KEGNET_HOME"] = str(home)
-    log = open(home.parent / "serve.log", "wb")  # noqa: SIM115 - closed at teardown
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kegnet_cli.main", "serve", "--port", str(port), "--loglevel", "WARNING"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None:
-            pytest.fail((home.parent / "serve.log").read_text())
-        time.sleep(0.5)
-    else:
-        pytest.fail("kegnet serve did not become ready")
-    return process, url, log
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("serve") / ".kegnet"
-    process, url, log = _start_serve(home)
-    yield Server(url=url, home=home, key=(home / "api_key").read_text().strip(), process=process)
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=60)
-    log.close()
+    try:
+        serve = start_serve(home)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield Server(url=serve.url, home=home, key=serve.api_key(), process=serve.process)
+    serve.stop()
 
 
 @pytest.fixture(scope="module")
@@ -191,12 +158,12 @@ def _alive(pid: int) -> bool:
 def test_stopping_serve_stops_its_worker(tmp_path: Path):
     # `kill PID` on serve alone (as demo.sh's trap does) must not orphan the
     # Celery worker it started in its own session.
-    process, _url, log = _start_serve(tmp_path / ".kegnet")
+    serve = start_serve(tmp_path / ".kegnet")
+    process = serve.process
     workers = _children(process.pid)
     assert workers, "kegnet serve started no worker"
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGTERM)  # to serve alone, not to its process group
     process.wait(timeout=60)
-    log.close()
     deadline = time.monotonic() + 30
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
