@@ -32,6 +32,12 @@ class ExtractionConfig:
     smoothness_weight: float = 0.0  # image prior; 0 in the paper
     activation_weight: float = 0.0  # reward strong penultimate teacher features (DAFL); 0 in the paper
     label_mix: float = 0.0  # share of two-class label mixtures; 0 in the paper
+    # Copies of the generator kept along its training, every ``snapshot_every``
+    # steps from step ``snapshot_from`` on (0: none). Distilling on the whole
+    # trajectory instead of the end point alone gives the student the varied
+    # samples of a generator still learning (docs/design.md).
+    snapshot_every: int = 0
+    snapshot_from: int = 0
     decoder_hidden_layers: int = 1
     decoder_units: int = 120
     generator_channels: tuple[int, ...] = (64, 16, 4)
@@ -61,6 +67,7 @@ class DistillConfig:
     pool_batches: int | None = 100
     label_mix: float = 0.0  # share of samples drawn from mixtures of two classes
     noise_scale: float = 1.0  # z ~ N(0, noise_scale^2): wider z reaches more of what G learned
+    trajectory_picks: int = 4  # with snapshots: how many random ones share each batch
     eval_every: int = 100
     eval_samples: int = 2048
     patience_evals: int | None = 50  # stop after this many checks without improvement
@@ -92,11 +99,18 @@ PAPER = Preset(
 DEFAULT = Preset(
     name="default",
     description="Our recipe: 2 generators x 2,000 steps with the teacher-feature activation loss; "
-    "student on fresh samples drawn with z scaled by 4, Adam 1e-4, 2,000 steps.",
+    "student on fresh samples from snapshots along their training, z scaled by 4, Adam 1e-4, "
+    "2,000 steps.",
     # activation_weight: generators that also excite the teacher's penultimate
     # features give samples nearer the data (docs/benchmarks.md, recipe notes).
     extraction=ExtractionConfig(
-        generators=2, epochs=20, batches_per_epoch=100, batch_size=256, activation_weight=0.1
+        generators=2,
+        epochs=20,
+        batches_per_epoch=100,
+        batch_size=256,
+        activation_weight=0.1,
+        snapshot_every=100,
+        snapshot_from=300,
     ),
     distill=DistillConfig(
         steps=2000,

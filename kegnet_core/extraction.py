@@ -9,6 +9,7 @@ loss).  A zero-weight loss is not computed at all.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,11 +27,14 @@ from kegnet_core.tucker import output_layer
 
 @dataclass
 class TrainedGenerator:
-    """A trained generator (in eval mode), its seed and its per-epoch losses."""
+    """A trained generator (in eval mode), its seed, its per-epoch losses and,
+    when the config asks for them, copies of it along its training (eval mode,
+    oldest first, the last one equal to ``generator``)."""
 
     generator: nn.Module
     seed: int
     history: list[dict[str, float]] = field(default_factory=list)
+    snapshots: list[nn.Module] = field(default_factory=list)
 
 
 class _PenultimateFeatures:
@@ -82,6 +86,7 @@ def train_generator(
     optimizer = torch.optim.Adam([*generator.parameters(), *decoder.parameters()], lr=config.learning_rate)
     total = total_steps or config.steps
     history: list[dict[str, float]] = []
+    snapshots: list[nn.Module] = []
     sums = torch.zeros(5, device=device)  # classifier, decoder, diversity, total, correct
     for step in range(config.steps):
         labels = training_labels(config.batch_size, n_classes, config.label_mix, rng, device)
@@ -110,6 +115,8 @@ def train_generator(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if _snapshot_due(config, step + 1):
+            snapshots.append(copy.deepcopy(generator).eval().requires_grad_(False))
         with torch.no_grad():
             correct = (logits.argmax(1) == labels.argmax(1)).float().mean()
             sums += torch.stack((loss_cls, loss_dec, loss_div, loss, correct)).detach()
@@ -135,7 +142,12 @@ def train_generator(
     if features is not None:
         features.close()
     generator.eval()
-    return TrainedGenerator(generator=generator, seed=seed, history=history)
+    return TrainedGenerator(generator=generator, seed=seed, history=history, snapshots=snapshots)
+
+
+def _snapshot_due(config: ExtractionConfig, done: int) -> bool:
+    every = config.snapshot_every
+    return every > 0 and done >= config.snapshot_from and (done % every == 0 or done == config.steps)
 
 
 def _preview(generator: nn.Module, n_classes: int, noise_dim: int, input_shape: Sequence[int]) -> bytes:

@@ -31,7 +31,14 @@ from kegnet_core.images import latent_walk, sample_grid, save_png
 from kegnet_core.loading import load_classifier
 from kegnet_core.measure import count_macs, cpu_latency_ms, parameter_count
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
-from kegnet_core.sampling import GaussianSource, GeneratorSource, SampleSource, UniformSource, seeded_init
+from kegnet_core.sampling import (
+    GaussianSource,
+    GeneratorSource,
+    SampleSource,
+    TrajectorySource,
+    UniformSource,
+    seeded_init,
+)
 from kegnet_core.sandbox import SandboxLimits, check_model_in_sandbox
 from kegnet_core.tucker import CompressionPlan, apply_plan, plan_compression
 
@@ -122,7 +129,19 @@ def _sample_source(
     n_classes: int,
     preset: Preset,
     input_shape: tuple[int, ...],
+    *,
+    trajectory: bool = False,
 ) -> SampleSource:
+    """Where samples come from; with ``trajectory``, the generators' snapshots when they have any."""
+    if prior == "kegnet" and trajectory and any(trained.snapshots for trained in generators):
+        return TrajectorySource(
+            [trained.snapshots for trained in generators],
+            n_classes,
+            preset.extraction.noise_dim,
+            picks=preset.distill.trajectory_picks,
+            label_mix=preset.distill.label_mix,
+            noise_scale=preset.distill.noise_scale,
+        )
     if prior == "kegnet":
         return GeneratorSource(
             [trained.generator for trained in generators],
@@ -253,7 +272,7 @@ def run(
     if spec.prior != "none":
         with clock.stage("distilling"):
             config = preset.distill if spec.prior == "kegnet" else preset.baseline_distill
-            source = _sample_source(spec.prior, generators, n_classes, preset, input_shape)
+            source = _sample_source(spec.prior, generators, n_classes, preset, input_shape, trajectory=True)
             result = distill(student, teacher, source, config, rng=rng, progress=progress)
         report["history"]["distillation"] = result.history
 

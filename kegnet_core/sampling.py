@@ -91,6 +91,46 @@ class GeneratorSource:
         return torch.cat(batches)
 
 
+class TrajectorySource:
+    """Samples from copies of the generators taken along their training.
+
+    Each call draws ``picks`` snapshots at random from all generators'
+    snapshots together and takes equal shares of the batch from them, so over
+    many batches every stage of every generator's training is seen.
+    """
+
+    def __init__(
+        self,
+        snapshots: Sequence[Sequence[nn.Module]],
+        n_classes: int,
+        noise_dim: int,
+        picks: int = 4,
+        label_mix: float = 0.0,
+        noise_scale: float = 1.0,
+    ) -> None:
+        self.snapshots = [snapshot for trajectory in snapshots for snapshot in trajectory]
+        if not self.snapshots:
+            raise ValueError("TrajectorySource needs at least one snapshot")
+        if picks < 1:
+            raise ValueError("picks must be at least 1")
+        self.picks = picks
+        self.n_classes = n_classes
+        self.noise_dim = noise_dim
+        self.label_mix = label_mix
+        self.noise_scale = noise_scale
+
+    def sample(self, count: int, rng: torch.Generator) -> torch.Tensor:
+        chosen = torch.randint(0, len(self.snapshots), (self.picks,), generator=rng, device=rng.device)
+        source = GeneratorSource(
+            [self.snapshots[index] for index in chosen.tolist()],
+            self.n_classes,
+            self.noise_dim,
+            label_mix=self.label_mix,
+            noise_scale=self.noise_scale,
+        )
+        return source.sample(count, rng)
+
+
 class UniformSource:
     """The paper's T+Uniform baseline: inputs from U(-1, 1)."""
 

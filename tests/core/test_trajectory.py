@@ -1,0 +1,75 @@
+"""Generator snapshots along training, and distilling from them."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import pytest
+import torch
+
+from kegnet_core.config import ExtractionConfig, get_preset
+from kegnet_core.extraction import train_generator
+from kegnet_core.sampling import GeneratorSource, TrajectorySource
+
+from .models import TinyCNN
+
+CONFIG = ExtractionConfig(
+    generators=1, epochs=1, batches_per_epoch=50, batch_size=16, snapshot_every=10, snapshot_from=20
+)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    teacher = TinyCNN().eval()
+    return train_generator(
+        teacher, input_shape=(1, 8, 8), n_classes=3, config=CONFIG, seed=0, device=torch.device("cpu")
+    )
+
+
+def _weights(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([parameter.detach().flatten() for parameter in module.parameters()])
+
+
+def test_snapshots_are_taken_on_schedule_and_end_at_the_final_generator(trained):
+    assert len(trained.snapshots) == 4  # steps 20, 30, 40, 50
+    weights = [_weights(snapshot) for snapshot in trained.snapshots]
+    assert all(not torch.equal(a, b) for a, b in itertools.pairwise(weights))
+    assert torch.equal(weights[-1], _weights(trained.generator))
+    assert all(not snapshot.training for snapshot in trained.snapshots)
+    assert all(not p.requires_grad for snapshot in trained.snapshots for p in snapshot.parameters())
+
+
+def test_no_snapshots_unless_asked():
+    teacher = TinyCNN().eval()
+    plain = train_generator(
+        teacher,
+        input_shape=(1, 8, 8),
+        n_classes=3,
+        config=replace(CONFIG, snapshot_every=0),
+        seed=0,
+        device=torch.device("cpu"),
+    )
+    assert plain.snapshots == []
+
+
+def test_trajectory_source_draws_from_several_snapshots(trained):
+    source = TrajectorySource([trained.snapshots], n_classes=3, noise_dim=10, picks=4)
+    rng = torch.Generator().manual_seed(0)
+    batch = source.sample(32, rng)
+    assert batch.shape == (32, 1, 8, 8)
+    again = TrajectorySource([trained.snapshots], n_classes=3, noise_dim=10, picks=4)
+    assert torch.equal(again.sample(32, torch.Generator().manual_seed(0)), batch)
+    # Unlike the final generator alone, the batch mixes stages of training.
+    final_only = GeneratorSource([trained.generator], 3, 10).sample(32, torch.Generator().manual_seed(0))
+    assert not torch.equal(final_only, batch)
+    with pytest.raises(ValueError, match="snapshot"):
+        TrajectorySource([[]], n_classes=3, noise_dim=10)
+
+
+def test_default_preset_distills_from_the_trajectory():
+    preset = get_preset("default")
+    assert preset.extraction.snapshot_every > 0
+    assert preset.extraction.snapshot_from < preset.extraction.steps
+    assert get_preset("paper").extraction.snapshot_every == 0  # the published recipe stays as published
