@@ -133,23 +133,14 @@ def _sample_source(
     trajectory: bool = False,
 ) -> SampleSource:
     """Where samples come from; with ``trajectory``, the generators' snapshots when they have any."""
-    if prior == "kegnet" and trajectory and any(trained.snapshots for trained in generators):
-        return TrajectorySource(
-            [trained.snapshots for trained in generators],
-            n_classes,
-            preset.extraction.noise_dim,
-            picks=preset.distill.trajectory_picks,
-            label_mix=preset.distill.label_mix,
-            noise_scale=preset.distill.noise_scale,
-        )
     if prior == "kegnet":
-        return GeneratorSource(
-            [trained.generator for trained in generators],
-            n_classes,
-            preset.extraction.noise_dim,
-            label_mix=preset.distill.label_mix,
-            noise_scale=preset.distill.noise_scale,
-        )
+        shared = {"label_mix": preset.distill.label_mix, "noise_scale": preset.distill.noise_scale}
+        if trajectory and any(trained.snapshots for trained in generators):
+            snapshots = [trained.snapshots for trained in generators]
+            picks = preset.distill.trajectory_picks
+            return TrajectorySource(snapshots, n_classes, preset.extraction.noise_dim, picks=picks, **shared)
+        finals = [trained.generator for trained in generators]
+        return GeneratorSource(finals, n_classes, preset.extraction.noise_dim, **shared)
     if prior == "uniform":
         return UniformSource(input_shape)
     return GaussianSource(input_shape)
