@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -223,12 +223,16 @@ def run(
     }
     generators: list[TrainedGenerator] = []
     if needs_generators:
+        extraction = preset.extraction
+        if spec.task == "extract":
+            # Snapshots only feed distillation: extraction alone keeps none in memory.
+            extraction = replace(extraction, snapshot_every=0)
         with clock.stage("extracting"):
             generators = extract_generators(
                 teacher,
                 input_shape=input_shape,
                 n_classes=n_classes,
-                config=preset.extraction,
+                config=extraction,
                 seed=spec.seed,
                 device=torch_device,
                 progress=progress,

@@ -12,6 +12,7 @@ import torch
 
 from kegnet_core.config import CompressionSpec
 from kegnet_core.errors import Cancelled, SpecError
+from kegnet_core.extraction import TrainedGenerator, extract_generators
 from kegnet_core.pipeline import run
 from kegnet_core.progress import STAGES, ProgressEvent
 
@@ -112,6 +113,26 @@ def test_extract_only_writes_generators(tiny_cnn, tmp_path):
     assert not (tmp_path / "gen" / "student.pt").exists()
     generator = torch.jit.load(str(tmp_path / "gen" / "generator_0.pt"))
     assert generator(torch.eye(3), torch.randn(3, generator.noise_dim)).shape == (3, 1, 8, 8)
+
+
+def test_extract_only_keeps_no_snapshots(tiny_cnn, tmp_path, monkeypatch):
+    # A spy around the real extraction (it still runs): snapshots only feed
+    # distillation, so an extract-only run must not hold them in memory.
+    import kegnet_core.pipeline as pipeline
+
+    trained: list[list[TrainedGenerator]] = []
+
+    def spy(*args, **kwargs):
+        trained.append(extract_generators(*args, **kwargs))
+        return trained[-1]
+
+    monkeypatch.setattr(pipeline, "extract_generators", spy)
+    overrides = {"extraction.snapshot_every": 10}
+    run(tiny_cnn, _spec(task="extract", overrides=overrides), tmp_path / "gen")
+    run(tiny_cnn, _spec(overrides=overrides), tmp_path / "student", measure_latency=False)
+    extract_only, compress = trained
+    assert [g.snapshots for g in extract_only] == [[]]
+    assert len(compress[0].snapshots) == 4  # steps 10, 20, 30, 40 of the quick preset
 
 
 def test_vector_classifier(tmp_path):
