@@ -76,19 +76,34 @@ class GeneratorSource:
         self.label_mix = label_mix
         self.noise_scale = noise_scale
 
-    @torch.no_grad()
     def sample(self, count: int, rng: torch.Generator) -> torch.Tensor:
-        device = rng.device
-        shares = [count // len(self.generators)] * len(self.generators)
-        for index in range(count - sum(shares)):
-            shares[index] += 1
-        batches = []
-        for generator, share in zip(self.generators, shares, strict=True):
-            if share == 0:
-                continue
-            labels = training_labels(share, self.n_classes, self.label_mix, rng, device)
-            batches.append(generator(labels, noise(share, self.noise_dim, rng, device) * self.noise_scale))
-        return torch.cat(batches)
+        return _draw(
+            self.generators, count, self.n_classes, self.noise_dim, self.label_mix, self.noise_scale, rng
+        )
+
+
+@torch.no_grad()
+def _draw(
+    generators: Sequence[nn.Module],
+    count: int,
+    n_classes: int,
+    noise_dim: int,
+    label_mix: float,
+    noise_scale: float,
+    rng: torch.Generator,
+) -> torch.Tensor:
+    """``count`` samples in equal shares from ``generators`` (the first ones take the remainder)."""
+    device = rng.device
+    shares = [count // len(generators)] * len(generators)
+    for index in range(count - sum(shares)):
+        shares[index] += 1
+    batches = []
+    for generator, share in zip(generators, shares, strict=True):
+        if share == 0:
+            continue
+        labels = training_labels(share, n_classes, label_mix, rng, device)
+        batches.append(generator(labels, noise(share, noise_dim, rng, device) * noise_scale))
+    return torch.cat(batches)
 
 
 class TrajectorySource:
@@ -121,14 +136,8 @@ class TrajectorySource:
 
     def sample(self, count: int, rng: torch.Generator) -> torch.Tensor:
         chosen = torch.randint(0, len(self.snapshots), (self.picks,), generator=rng, device=rng.device)
-        source = GeneratorSource(
-            [self.snapshots[index] for index in chosen.tolist()],
-            self.n_classes,
-            self.noise_dim,
-            label_mix=self.label_mix,
-            noise_scale=self.noise_scale,
-        )
-        return source.sample(count, rng)
+        picked = [self.snapshots[index] for index in chosen.tolist()]
+        return _draw(picked, count, self.n_classes, self.noise_dim, self.label_mix, self.noise_scale, rng)
 
 
 class UniformSource:
