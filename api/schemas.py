@@ -34,8 +34,10 @@ class JobSpec(BaseModel):
     target_ratio: float | None = Field(
         None, description="choose ranks so the whole model shrinks at least this much"
     )
-    prior: Literal["kegnet", "uniform", "gaussian", "none"] = Field(
-        "kegnet", description="training samples: KegNet generators, U(-1,1), N(0,1), or none (Tucker only)"
+    prior: Literal["kegnet", "uniform", "gaussian", "strokes", "none"] = Field(
+        "kegnet",
+        description="training samples: KegNet generators (with random strokes for images in the "
+        "default preset), U(-1,1), N(0,1), random pen strokes alone, or none (Tucker only)",
     )
     preset: Literal["quick", "default", "paper"] = "default"
     seed: int = Field(0, ge=0, lt=2**31)

@@ -35,17 +35,25 @@ from kegnet_core.pipeline import run  # noqa: E402
 from kegnet_core.zoo import load_paper_teacher  # noqa: E402
 
 STUDENTS = {1: ("conv3",), 2: ("conv2", "conv3")}
-APPROACHES = {"tucker": "none", "uniform": "uniform", "gaussian": "gaussian", "kegnet": "kegnet"}
+APPROACHES = {
+    "tucker": "none",
+    "uniform": "uniform",
+    "gaussian": "gaussian",
+    "strokes": "strokes",
+    "kegnet": "kegnet",
+}
 LABELS = {
     "tucker": "Tucker only (T)",
     "uniform": "T + Uniform",
     "gaussian": "T + Gaussian",
-    "kegnet": "T + KegNet",
+    "strokes": "T + strokes alone",
+    "kegnet": "T + KegNet (with strokes)",
 }
 PAPER = {
     "tucker": ("85.18% (3.62x)", "67.35% (4.10x)"),
     "uniform": ("95.48 ± 0.11%", "88.27 ± 0.07%"),
     "gaussian": ("95.45 ± 0.15%", "87.70 ± 0.12%"),
+    "strokes": ("—", "—"),
     "kegnet": ("96.32 ± 0.05%", "90.89 ± 0.11%"),
 }
 

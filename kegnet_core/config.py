@@ -13,7 +13,7 @@ from typing import Any
 
 from kegnet_core.errors import SpecError
 
-PRIORS = ("kegnet", "uniform", "gaussian", "none")
+PRIORS = ("kegnet", "uniform", "gaussian", "strokes", "none")
 TASKS = ("compress", "extract")
 
 
@@ -68,6 +68,9 @@ class DistillConfig:
     label_mix: float = 0.0  # share of samples drawn from mixtures of two classes
     noise_scale: float = 1.0  # z ~ N(0, noise_scale^2): wider z reaches more of what G learned
     trajectory_picks: int = 4  # with snapshots: how many random ones share each batch
+    # Share of each batch drawn as random pen strokes (kegnet_core.strokes),
+    # image inputs only; 0 in the paper.
+    stroke_share: float = 0.0
     eval_every: int = 100
     eval_samples: int = 2048
     patience_evals: int | None = 50  # stop after this many checks without improvement
@@ -99,8 +102,8 @@ PAPER = Preset(
 DEFAULT = Preset(
     name="default",
     description="Our recipe: 2 generators x 2,000 steps with the teacher-feature activation loss; "
-    "student on fresh samples from snapshots along their training, z scaled by 4, Adam 1e-4, "
-    "2,000 steps.",
+    "student on fresh samples, half from snapshots along the generators' training (z scaled by 4), "
+    "half random pen strokes (images only), Adam 1e-4, 2,000 steps.",
     # activation_weight: generators that also excite the teacher's penultimate
     # features give samples nearer the data (docs/benchmarks.md, recipe notes).
     extraction=ExtractionConfig(
@@ -119,6 +122,9 @@ DEFAULT = Preset(
         temperature=1.0,
         pool_batches=None,
         noise_scale=4.0,
+        # Random pen strokes beside the generators' samples: +2 to 6 points on
+        # the LeNet5 students (docs/design.md, "The stroke prior").
+        stroke_share=0.5,
         eval_every=100,
         patience_evals=None,
         min_steps=0,

@@ -34,12 +34,14 @@ from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progres
 from kegnet_core.sampling import (
     GaussianSource,
     GeneratorSource,
+    MixedSource,
     SampleSource,
     TrajectorySource,
     UniformSource,
     seeded_init,
 )
 from kegnet_core.sandbox import SandboxLimits, check_model_in_sandbox
+from kegnet_core.strokes import StrokeSource
 from kegnet_core.tucker import CompressionPlan, apply_plan, plan_compression
 
 STUDENT_FILE = "student.pt"
@@ -81,6 +83,8 @@ def _validate_spec(spec: CompressionSpec) -> None:
             f"input_shape must be [C, H, W] or [D] with positive sizes, got {list(spec.input_shape)}",
             field="input_shape",
         )
+    if spec.prior == "strokes" and len(spec.input_shape) != 3:
+        raise SpecError("prior 'strokes' draws images: it needs input_shape [C, H, W]", field="prior")
     try:
         spec.preset_config()
     except ValueError as exc:
@@ -132,15 +136,26 @@ def _sample_source(
     *,
     trajectory: bool = False,
 ) -> SampleSource:
-    """Where samples come from; with ``trajectory``, the generators' snapshots when they have any."""
+    """Where samples come from.
+
+    With ``trajectory``, the generators' snapshots when they have any; for
+    images, the recipe's share of random strokes beside the generators.
+    """
     if prior == "kegnet":
         shared = {"label_mix": preset.distill.label_mix, "noise_scale": preset.distill.noise_scale}
+        source: SampleSource
         if trajectory and any(trained.snapshots for trained in generators):
             snapshots = [trained.snapshots for trained in generators]
-            picks = preset.distill.trajectory_picks
-            return TrajectorySource(snapshots, n_classes, preset.extraction.noise_dim, picks=picks, **shared)
-        finals = [trained.generator for trained in generators]
-        return GeneratorSource(finals, n_classes, preset.extraction.noise_dim, **shared)
+            noise_dim, picks = preset.extraction.noise_dim, preset.distill.trajectory_picks
+            source = TrajectorySource(snapshots, n_classes, noise_dim, picks=picks, **shared)
+        else:
+            finals = [trained.generator for trained in generators]
+            source = GeneratorSource(finals, n_classes, preset.extraction.noise_dim, **shared)
+        if preset.distill.stroke_share and len(input_shape) == 3:
+            return MixedSource(source, StrokeSource(input_shape), preset.distill.stroke_share)
+        return source
+    if prior == "strokes":
+        return StrokeSource(input_shape)
     if prior == "uniform":
         return UniformSource(input_shape)
     return GaussianSource(input_shape)

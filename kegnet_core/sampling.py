@@ -140,6 +140,29 @@ class TrajectorySource:
         return _draw(picked, count, self.n_classes, self.noise_dim, self.label_mix, self.noise_scale, rng)
 
 
+class MixedSource:
+    """Each batch takes a share ``share`` from ``extra`` and the rest from ``main``.
+
+    The recipe uses it to add the stroke prior to the generators' samples.
+    """
+
+    def __init__(self, main: SampleSource, extra: SampleSource, share: float) -> None:
+        if not 0 <= share <= 1:
+            raise ValueError(f"share must be in [0, 1], got {share}")
+        self.main = main
+        self.extra = extra
+        self.share = share
+
+    def sample(self, count: int, rng: torch.Generator) -> torch.Tensor:
+        taken = round(count * self.share)
+        parts = []
+        if count - taken:
+            parts.append(self.main.sample(count - taken, rng))
+        if taken:
+            parts.append(self.extra.sample(taken, rng))
+        return torch.cat(parts)
+
+
 class UniformSource:
     """The paper's T+Uniform baseline: inputs from U(-1, 1)."""
 

@@ -99,7 +99,7 @@ def test_same_seed_same_student(tiny_cnn, tmp_path):
     assert not all(torch.equal(first[key], third[key]) for key in first)
 
 
-@pytest.mark.parametrize("prior", ["uniform", "gaussian", "none"])
+@pytest.mark.parametrize("prior", ["uniform", "gaussian", "strokes", "none"])
 def test_baseline_priors_train_no_generator(tiny_cnn, tmp_path, prior):
     report = run(tiny_cnn, _spec(prior=prior), tmp_path / prior, measure_latency=False)
     assert "extracting" not in report["timings_s"]
@@ -138,8 +138,33 @@ def test_extract_only_keeps_no_snapshots(tiny_cnn, tmp_path, monkeypatch):
 def test_vector_classifier(tmp_path):
     path = tmp_path / "mlp.pt"
     path.write_bytes(torchscript_bytes(TinyMLP(), (12,)))
-    report = run(path, _spec(input_shape=(12,), layers=("net.0",), ranks=0.25), tmp_path / "mlp")
+    # A stroke share asks for images; vectors have none and simply go without.
+    overrides = {"distill.stroke_share": 0.5}
+    spec = _spec(input_shape=(12,), layers=("net.0",), ranks=0.25, overrides=overrides)
+    report = run(path, spec, tmp_path / "mlp")
     assert report["ranks"] == {"net.0": [8, 3]}
+    with pytest.raises(SpecError) as caught:
+        run(path, _spec(input_shape=(12,), prior="strokes"), tmp_path / "strokes")
+    assert caught.value.field == "prior"
+
+
+def test_strokes_join_the_generators_samples(tiny_cnn, tmp_path, monkeypatch):
+    # A spy around the real distillation: with a stroke share, each batch of
+    # the student mixes stroke images (whose background is flat) into the
+    # generators' samples.
+    import kegnet_core.pipeline as pipeline
+    from kegnet_core.distill import distill
+
+    batches: list[torch.Tensor] = []
+
+    def spy(student, teacher, source, config, **kwargs):
+        batches.append(source.sample(10, torch.Generator().manual_seed(0)))
+        return distill(student, teacher, source, config, **kwargs)
+
+    monkeypatch.setattr(pipeline, "distill", spy)
+    run(tiny_cnn, _spec(overrides={"distill.stroke_share": 0.3}), tmp_path / "mixed", measure_latency=False)
+    near_floor = [bool(((image - image.min()) < 0.1).float().mean() > 0.25) for image in batches[0]]
+    assert near_floor == [False] * 7 + [True] * 3
 
 
 def test_bad_layer_fails_before_training(tiny_cnn, tmp_path):
