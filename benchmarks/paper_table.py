@@ -145,6 +145,18 @@ def table(rows: list[dict[str, Any]], teacher_accuracy: float, preset: str) -> s
         "accuracy on the 10,000 real MNIST test images; wall time is the whole `pipeline.run` "
         "(validation, extraction, Tucker, distillation, export)."
     )
+    per_seed = []
+    for approach in ("strokes", "kegnet"):
+        for student in (1, 2):
+            scores = [
+                f"{row['accuracy'] * 100:.2f}%"
+                for row in sorted(rows, key=lambda row: row["seed"])
+                if row["approach"] == approach and row["student"] == student
+            ]
+            if scores:
+                per_seed.append(f"{LABELS[approach]}, student {student}: {', '.join(scores)}")
+    if per_seed:
+        lines += ["", f"Per seed ({', '.join(map(str, seeds))}): " + "; ".join(per_seed) + "."]
     return "\n".join(lines)
 
 

@@ -287,6 +287,8 @@ def spec_from_dict(data: dict[str, Any]) -> CompressionSpec:
         value = data.get(name, CompressionSpec.__dataclass_fields__[name].default)
         if value not in allowed:
             raise SpecError(f"{name} must be one of {', '.join(allowed)}, got {value!r}", field=name)
+    if data.get("prior") == "strokes" and len(shape) != 3:
+        raise SpecError("prior 'strokes' draws images: it needs input_shape [C, H, W]", field="prior")
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
         raise SpecError(f"seed must be an integer in [0, 2^31), got {seed!r}", field="seed")

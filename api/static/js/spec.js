@@ -84,7 +84,7 @@ export const PARSERS = {
   layers: parseLayers,
   ranks: parseRanks,
   target_ratio: parseTargetRatio,
-  prior: oneOf(["kegnet", "uniform", "gaussian", "none"]),
+  prior: oneOf(["kegnet", "uniform", "gaussian", "strokes", "none"]),
   preset: oneOf(["quick", "default", "paper"]),
   seed: parseSeed,
   task: oneOf(["compress", "extract"]),
