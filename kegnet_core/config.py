@@ -8,6 +8,7 @@ validate specs against it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -75,6 +76,10 @@ class DistillConfig:
     eval_samples: int = 2048
     patience_evals: int | None = 50  # stop after this many checks without improvement
     min_steps: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.stroke_share <= 1:
+            raise ValueError(f"distill.stroke_share must be in [0, 1], got {self.stroke_share}")
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,12 @@ SPEC_FIELDS = (
 )
 
 
+def check_prior_fits(prior: str, input_shape: Sequence[int]) -> None:
+    """The stroke prior draws images, so it needs a (C, H, W) input."""
+    if prior == "strokes" and len(input_shape) != 3:
+        raise SpecError("prior 'strokes' draws images: it needs input_shape [C, H, W]", field="prior")
+
+
 def _check_ranks(ranks: Any) -> str | float | dict[str, tuple[int, int]]:
     wrong = SpecError(
         f"ranks must be 'evbmf', a fraction in (0, 1] or {{layer: [out, in]}}, got {ranks!r}", field="ranks"
@@ -287,8 +298,7 @@ def spec_from_dict(data: dict[str, Any]) -> CompressionSpec:
         value = data.get(name, CompressionSpec.__dataclass_fields__[name].default)
         if value not in allowed:
             raise SpecError(f"{name} must be one of {', '.join(allowed)}, got {value!r}", field=name)
-    if data.get("prior") == "strokes" and len(shape) != 3:
-        raise SpecError("prior 'strokes' draws images: it needs input_shape [C, H, W]", field="prior")
+    check_prior_fits(data.get("prior", "kegnet"), shape)
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
         raise SpecError(f"seed must be an integer in [0, 2^31), got {seed!r}", field="seed")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kegnet_core.config import PRIORS, TASKS, CompressionSpec, Preset
+from kegnet_core.config import PRIORS, TASKS, CompressionSpec, Preset, check_prior_fits
 from kegnet_core.distill import agreement, distill, teacher_logits
 from kegnet_core.errors import ModelRunError, SpecError
 from kegnet_core.export import save_generator, save_student
@@ -83,8 +83,7 @@ def _validate_spec(spec: CompressionSpec) -> None:
             f"input_shape must be [C, H, W] or [D] with positive sizes, got {list(spec.input_shape)}",
             field="input_shape",
         )
-    if spec.prior == "strokes" and len(spec.input_shape) != 3:
-        raise SpecError("prior 'strokes' draws images: it needs input_shape [C, H, W]", field="prior")
+    check_prior_fits(spec.prior, spec.input_shape)
     try:
         spec.preset_config()
     except ValueError as exc:
@@ -273,6 +272,7 @@ def run(
     rng = torch.Generator(torch_device).manual_seed(spec.seed + 7919)
     eval_prior = spec.prior if spec.prior != "none" else "gaussian"
     eval_source = _sample_source(eval_prior, generators, n_classes, preset, input_shape)
+    eval_label = "kegnet + strokes" if isinstance(eval_source, MixedSource) else eval_prior
     eval_inputs = eval_source.sample(
         AGREEMENT_SAMPLES, torch.Generator(torch_device).manual_seed(spec.seed + 104729)
     )
@@ -302,7 +302,7 @@ def run(
                     "student_vs_teacher": round(agreement(student, eval_inputs, eval_classes), 5),
                     "tucker_only_vs_teacher": round(tucker_agreement, 5),
                     "samples": AGREEMENT_SAMPLES,
-                    "source": eval_prior,
+                    "source": eval_label,
                 },
             }
         )

@@ -162,7 +162,9 @@ def test_strokes_join_the_generators_samples(tiny_cnn, tmp_path, monkeypatch):
         return distill(student, teacher, source, config, **kwargs)
 
     monkeypatch.setattr(pipeline, "distill", spy)
-    run(tiny_cnn, _spec(overrides={"distill.stroke_share": 0.3}), tmp_path / "mixed", measure_latency=False)
+    overrides = {"distill.stroke_share": 0.3}
+    report = run(tiny_cnn, _spec(overrides=overrides), tmp_path / "mixed", measure_latency=False)
+    assert report["agreement"]["source"] == "kegnet + strokes"
     near_floor = [bool(((image - image.min()) < 0.1).float().mean() > 0.25) for image in batches[0]]
     assert near_floor == [False] * 7 + [True] * 3
 

@@ -69,6 +69,7 @@ def test_submit_queues_a_job(client, settings, tiny_model_bytes):
         ('{"input_shape": [1, 0, 8]}', "spec.input_shape"),
         ('{"input_shape": [1, 8, 8], "prior": "laplace"}', "spec.prior"),
         ('{"input_shape": [12], "prior": "strokes"}', "spec.prior"),
+        ('{"input_shape": [1, 8, 8], "overrides": {"distill.stroke_share": 2}}', "spec.overrides"),
         ('{"input_shape": [1, 8, 8], "ranks": 1.5}', "spec.ranks"),
         ('{"input_shape": [1, 8, 8], "ranks": {"stem.0": [2]}}', "spec.ranks"),
         ('{"input_shape": [1, 8, 8], "target_ratio": 0.5}', "spec.target_ratio"),
