@@ -39,9 +39,7 @@ def stroke_images(
     like the generators' samples. With several channels each stroke gets a
     random colour.
     """
-    if len(input_shape) != 3:
-        raise ValueError(f"strokes need an image shape (C, H, W), got {tuple(input_shape)}")
-    channels, height, width = (int(size) for size in input_shape)
+    channels, height, width = _image_shape(input_shape)
     device = rng.device
     size = torch.tensor([width, height], dtype=torch.float32, device=device)
     points = POINTS_PER_STROKE
@@ -58,7 +56,10 @@ def stroke_images(
     # How many strokes each image keeps (1 to max_strokes), and which.
     kept = torch.randint(1, max_strokes + 1, (count, 1), generator=rng, device=device)
     active = (uniform(count, max_strokes).argsort(dim=1) < kept).float()  # (N, S)
-    colour = 0.2 + 0.8 * uniform(count, max_strokes, channels) if channels > 1 else None
+    if channels > 1:
+        colour = 0.2 + 0.8 * uniform(count, max_strokes, channels)  # (N, S, C)
+    else:
+        colour = torch.ones(count, max_strokes, 1, device=device)
     # Brush width: 0.8 to 1.6 pixels at 32 x 32, in proportion for other sizes.
     scale = max(min(height, width) / 32, 0.5)
     sigma = (0.8 + 0.8 * uniform(count, 1, 1)) * scale  # (N, 1, 1)
@@ -66,24 +67,25 @@ def stroke_images(
     across_y = torch.arange(height, device=device, dtype=torch.float32).view(1, 1, height)
     brush_x = torch.exp(-((across_x - curve[:, :, 0:1]) ** 2) / (2 * sigma**2))  # (N, SP, W)
     brush_y = torch.exp(-((across_y - curve[:, :, 1:2]) ** 2) / (2 * sigma**2))  # (N, SP, H)
-    weight = active.repeat_interleave(points, dim=1)  # (N, SP)
-    if colour is None:
-        ink = torch.bmm(brush_y.transpose(1, 2), brush_x * weight.unsqueeze(2)).unsqueeze(1)  # (N, 1, H, W)
-    else:
-        tint = colour.repeat_interleave(points, dim=1) * weight.unsqueeze(2)  # (N, SP, C)
-        tinted = brush_x.unsqueeze(1) * tint.permute(0, 2, 1).unsqueeze(3)  # (N, C, SP, W)
-        ink = torch.matmul(brush_y.transpose(1, 2).unsqueeze(1), tinted)  # (N, C, H, W)
+    tint = (colour * active.unsqueeze(2)).repeat_interleave(points, dim=1)  # (N, SP, C)
+    tinted = brush_x.unsqueeze(1) * tint.permute(0, 2, 1).unsqueeze(3)  # (N, C, SP, W)
+    ink = torch.matmul(brush_y.transpose(1, 2).unsqueeze(1), tinted)  # (N, C, H, W)
     peak = ink.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
     return standardise_images(torch.tanh(2 * ink / peak))
+
+
+def _image_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ValueError(f"strokes need an image shape (C, H, W), got {tuple(input_shape)}")
+    channels, height, width = (int(size) for size in input_shape)
+    return channels, height, width
 
 
 class StrokeSource:
     """Random-stroke images, as a sample source of their own (the ``strokes`` prior)."""
 
     def __init__(self, input_shape: Sequence[int]) -> None:
-        if len(input_shape) != 3:
-            raise ValueError(f"strokes need an image shape (C, H, W), got {tuple(input_shape)}")
-        self.input_shape = tuple(input_shape)
+        self.input_shape = _image_shape(input_shape)
 
     def sample(self, count: int, rng: torch.Generator) -> torch.Tensor:
         return stroke_images(count, self.input_shape, rng)
