@@ -18,7 +18,7 @@ from api.deps import Services
 from api.errors import install_error_handlers
 from api.metrics import ApiMetrics, install_metrics
 from api.routes import router
-from api.schemas import JobSpec
+from kegnet_core.spec import CompressionSpec
 from kegnet_service.db import session_factory, session_scope
 from kegnet_service.keys import seed_keys
 from kegnet_service.queue import ensure_broker_folders, make_celery
@@ -121,9 +121,11 @@ def _document_spec(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            spec_schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+            spec_schema = CompressionSpec.model_json_schema(ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {})
-            components.setdefault("schemas", {})["JobSpec"] = spec_schema
+            known = components.setdefault("schemas", {})
+            known.update(spec_schema.pop("$defs", {}))  # the enums (Prior, PresetName, Task, ...)
+            known["CompressionSpec"] = spec_schema
             components["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
             for path, operations in schema.get("paths", {}).items():
                 if path.startswith("/v1/"):

@@ -8,9 +8,11 @@ from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, Request
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ApiError
+from kegnet_service.errors import DatabaseUnavailable
 from kegnet_service.keys import owner_of
 from kegnet_service.settings import Settings
 from kegnet_service.storage import LocalStore, S3Store
@@ -56,10 +58,8 @@ def get_owner(request: Request, services: ServicesDep) -> str:
     session = services.sessions()
     try:
         owner = owner_of(session, key.strip())
-    except Exception as exc:
-        raise ApiError(
-            503, "database_unavailable", "the job database is unreachable; try again shortly"
-        ) from exc
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable() from exc
     finally:
         session.close()
     if owner is None:

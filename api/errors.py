@@ -1,4 +1,8 @@
-"""One error shape for every failure: ``{"error": {"code", "message", "field"}}``."""
+"""One error shape for every failure: ``{"error": {"code", "message", "field"}}``.
+
+One handler per kind of error: the API's own, the service's domain errors,
+database and store outages (503), request validation, HTTP errors, and the rest.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kegnet_service.errors import DatabaseUnavailable, ServiceError, StoreUnavailable
+from kegnet_service.storage import StoreError
 
 
 class ApiError(Exception):
@@ -34,6 +42,20 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.message, exc.field), status_code=exc.status)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message, exc.field), status_code=exc.status)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def database_error(_request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        unavailable = DatabaseUnavailable()
+        return JSONResponse(error_body(unavailable.code, unavailable.message), status_code=unavailable.status)
+
+    @app.exception_handler(StoreError)
+    async def store_error(_request: Request, exc: StoreError) -> JSONResponse:
+        unavailable = StoreUnavailable()
+        return JSONResponse(error_body(unavailable.code, unavailable.message), status_code=unavailable.status)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -18,7 +18,8 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from kegnet_service.models import JOB_STATUSES, Job
+from kegnet_service.models import Job
+from kegnet_service.states import JOB_STATUSES
 
 Handler = Callable[[Request], Awaitable[Response]]
 STAGE_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600, 3 * 3600, 12 * 3600)

@@ -1,4 +1,9 @@
-"""The v1 routes and health checks; persistence lives in kegnet_service.jobs."""
+"""The v1 routes and health checks: HTTP handling only.
+
+Persistence lives in kegnet_service.jobs, submission in
+kegnet_service.submission; both raise domain errors that api.errors maps to
+answers (one handler per kind), so no route catches a database or store error.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +14,23 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
-from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from api.deps import OwnerDep, Services, ServicesDep, SessionDep
 from api.errors import ApiError
-from api.schemas import ErrorBody, JobList, JobPublic, JobSpec, Readiness
+from api.schemas import ErrorBody, JobList, JobPublic, Readiness
 from api.uploads import Upload, receive_upload
 from kegnet_core.archive import ArchiveLimits, inspect_torchscript_archive
-from kegnet_core.config import spec_from_dict
+from kegnet_core.artifacts import DOWNLOADS, SAMPLES, STUDENT, Artifact
 from kegnet_core.errors import InvalidModelFileError, SpecError
+from kegnet_core.spec import parse_spec_json
 from kegnet_service import jobs
 from kegnet_service.db import ping
-from kegnet_service.models import JOB_STATUSES, Job
-from kegnet_service.queue import ping_broker, send_job
-from kegnet_service.storage import ObjectMissing, StoreError
+from kegnet_service.errors import ArtifactNotFound, JobFinished, JobNotFinished, JobNotFound
+from kegnet_service.models import Job
+from kegnet_service.queue import ping_broker
+from kegnet_service.states import JOB_STATUSES, TERMINAL_STATUSES
+from kegnet_service.storage import ObjectMissing
+from kegnet_service.submission import submit_job
 
 router = APIRouter()
 log = logging.getLogger("kegnet.api")
@@ -35,63 +42,29 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # SQLite and Postgres take a signed 64-bit OFFSET; a bigger one would be a 500, not a 422.
 MAX_OFFSET = 2**62
 
-# name in the URL -> (file the worker stores, media type, download name)
-ARTIFACTS = {
-    "model": ("student.pt", "application/octet-stream", "student.pt"),
-    "report": ("report.json", "application/json", "report.json"),
-    "samples.png": ("samples.png", "image/png", "samples.png"),
-    "latent_walk.png": ("latent_walk.png", "image/png", "latent_walk.png"),
-    "generators": ("generators.zip", "application/zip", "generators.zip"),
-}
-
 
 def to_public(job: Job) -> JobPublic:
     base = f"/v1/jobs/{job.id}"
     links = {"self": base, "cancel": f"{base}/cancel"}
-    for name, (filename, _, _) in ARTIFACTS.items():
-        if job.status == "succeeded" and filename in (job.artifacts or []):
+    for name, artifact in DOWNLOADS.items():
+        if job.status == "succeeded" and artifact.file in (job.artifacts or []):
             links[name] = f"{base}/{name}"
     if job.status == "running" and (job.metrics or {}).get("preview_version"):
-        links["samples.png"] = f"{base}/samples.png"  # the live preview while generators train
+        links[SAMPLES.name] = f"{base}/{SAMPLES.name}"  # the live preview while generators train
     error = {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None
-    return JobPublic(
-        id=job.id,
-        status=job.status,  # type: ignore[arg-type]
-        stage=job.stage,  # type: ignore[arg-type]
-        progress=job.progress,
-        spec=job.spec,
-        model_name=job.model_name,
-        model_size=job.model_size,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        attempts=job.attempts,
-        cancel_requested=job.cancel_requested,
-        error=error,  # type: ignore[arg-type]
-        report=job.report,
-        metrics=job.metrics,
-        links=links,
-    )
+    columns = {name: getattr(job, name) for name in JobPublic.model_fields if name not in ("error", "links")}
+    return JobPublic.model_validate({**columns, "error": error, "links": links})
 
 
 def _parse_spec(text: str | None) -> dict[str, Any]:
     if text is None:
         raise ApiError(422, "missing_field", "the form needs a 'spec' field (JSON)", field="spec")
     try:
-        spec = JobSpec.model_validate_json(text)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        field = f"spec.{where}" if where else "spec"
-        raise ApiError(422, "invalid_spec", f"{field}: {first['msg']}", field=field) from exc
-    data = spec.model_dump()
-    try:
-        spec_from_dict(data)
+        spec = parse_spec_json(text)
     except SpecError as exc:
         field = f"spec.{exc.field}" if exc.field else "spec"
         raise ApiError(422, "invalid_spec", f"{field}: {exc.message}", field=field) from exc
-    return data
+    return spec.to_json_dict()
 
 
 def _check_model(upload: Upload) -> None:
@@ -101,58 +74,6 @@ def _check_model(upload: Upload) -> None:
         inspect_torchscript_archive(upload.path, ArchiveLimits())
     except InvalidModelFileError as exc:
         raise ApiError(422, exc.code, exc.message, field="model") from exc
-
-
-def _store_and_enqueue(
-    services: Services, upload: Upload, spec: dict[str, Any], owner: str, idempotency_key: str | None
-) -> tuple[Job, bool]:
-    """Put the model in the store, commit the row, send the task; undo all on failure."""
-    assert upload.path is not None
-    job_id = jobs.new_job_id()
-    key = jobs.model_key(job_id)
-    try:
-        services.store.put_file(key, upload.path)
-    except StoreError as exc:
-        raise ApiError(503, "store_unavailable", "the model store is unreachable; try again shortly") from exc
-    session = services.sessions()
-    try:
-        job = jobs.create_job(
-            session,
-            job_id=job_id,
-            owner=owner,
-            spec=spec,
-            model_name=upload.filename or "model.pt",
-            model_size=upload.size,
-            idempotency_key=idempotency_key,
-        )
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        services.store.delete_prefix(f"jobs/{job_id}")
-        existing = jobs.find_by_idempotency_key(session, owner=owner, key=idempotency_key or "")
-        session.close()
-        if existing is None:
-            raise ApiError(409, "conflict", "the job could not be created; retry") from None
-        return existing, False
-    except SQLAlchemyError as exc:
-        session.rollback()
-        session.close()
-        services.store.delete_prefix(f"jobs/{job_id}")
-        raise ApiError(
-            503, "database_unavailable", "the job database is unreachable; try again shortly"
-        ) from exc
-    try:
-        send_job(services.celery, job_id, services.settings.queue)
-    except Exception as exc:
-        try:
-            jobs.delete_job(session, job_id=job_id)
-            session.commit()
-        finally:
-            session.close()
-            services.store.delete_prefix(f"jobs/{job_id}")
-        raise ApiError(503, "broker_unavailable", "the job queue is unreachable; try again shortly") from exc
-    session.close()
-    return job, True
 
 
 @router.post(
@@ -177,9 +98,9 @@ def _store_and_enqueue(
                             },
                             "spec": {
                                 "type": "string",
-                                "description": "a JobSpec, as JSON",
+                                "description": "a CompressionSpec, as JSON",
                                 "contentMediaType": "application/json",
-                                "contentSchema": {"$ref": "#/components/schemas/JobSpec"},
+                                "contentSchema": {"$ref": "#/components/schemas/CompressionSpec"},
                                 "example": '{"input_shape": [1, 32, 32], "preset": "quick"}',
                             },
                         },
@@ -206,8 +127,20 @@ async def create_job(
     try:
         spec = _parse_spec(upload.fields.get("spec"))
         _check_model(upload)
+        assert upload.path is not None
         job, created = await run_in_threadpool(
-            _store_and_enqueue, services, upload, spec, owner, idempotency_key
+            lambda: submit_job(
+                sessions=services.sessions,
+                store=services.store,
+                celery=services.celery,
+                queue=services.settings.queue,
+                model_file=upload.path,  # type: ignore[arg-type]
+                model_name=upload.filename or "model.pt",
+                model_size=upload.size,
+                spec=spec,
+                owner=owner,
+                idempotency_key=idempotency_key,
+            )
         )
     finally:
         upload.discard()
@@ -223,10 +156,6 @@ def _find_idempotent(services: Services, owner: str, key: str) -> Job | None:
     session = services.sessions()
     try:
         return jobs.find_by_idempotency_key(session, owner=owner, key=key)
-    except SQLAlchemyError as exc:
-        raise ApiError(
-            503, "database_unavailable", "the job database is unreachable; try again shortly"
-        ) from exc
     finally:
         session.close()
 
@@ -237,14 +166,9 @@ def _job_response(job: Job, status: int) -> Response:
 
 
 def _owned_job(session: SessionDep, job_id: str, owner: str) -> Job:
-    try:
-        job = jobs.get_job(session, job_id=job_id, owner=owner)
-    except SQLAlchemyError as exc:
-        raise ApiError(
-            503, "database_unavailable", "the job database is unreachable; try again shortly"
-        ) from exc
+    job = jobs.get_job(session, job_id=job_id, owner=owner)
     if job is None:
-        raise ApiError(404, "job_not_found", f"no job {job_id!r}")
+        raise JobNotFound(f"no job {job_id!r}")
     return job
 
 
@@ -265,12 +189,7 @@ def list_jobs(
             f"status: {unknown[0]!r} is not one of {', '.join(JOB_STATUSES)}",
             field="status",
         )
-    try:
-        rows, total = jobs.list_jobs(session, owner=owner, statuses=statuses, limit=limit, offset=offset)
-    except SQLAlchemyError as exc:
-        raise ApiError(
-            503, "database_unavailable", "the job database is unreachable; try again shortly"
-        ) from exc
+    rows, total = jobs.list_jobs(session, owner=owner, statuses=statuses, limit=limit, offset=offset)
     return JobList(items=[to_public(job) for job in rows], total=total, limit=limit, offset=offset)
 
 
@@ -291,36 +210,38 @@ def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
 def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
     """A queued job is cancelled at once; a running one stops within one training step."""
     job = _owned_job(session, job_id, owner)
-    if job.status in ("succeeded", "failed", "cancelled"):
-        raise ApiError(409, "job_finished", f"the job already ended: {job.status}")
+    if job.status in TERMINAL_STATUSES:
+        raise JobFinished(f"the job already ended: {job.status}")
     job = jobs.request_cancel(session, job=job)
     session.commit()
     log.info("cancel requested", extra={"job_id": job.id, "status": job.status})
     return to_public(job)
 
 
-def _artifact(services: Services, session: SessionDep, job_id: str, owner: str, name: str) -> Response:
+def _artifact(
+    services: Services, session: SessionDep, job_id: str, owner: str, artifact: Artifact
+) -> Response:
     job = _owned_job(session, job_id, owner)
-    filename, media_type, download_name = ARTIFACTS[name]
-    if name == "samples.png" and job.status == "running" and (job.metrics or {}).get("preview_version"):
-        return _stream(services, jobs.preview_key(job.id), media_type, {"Cache-Control": "no-store"})
+    live_preview = job.status == "running" and (job.metrics or {}).get("preview_version")
+    if artifact is SAMPLES and live_preview:
+        return _stream(services, jobs.preview_key(job.id), artifact.media_type, {"Cache-Control": "no-store"})
     if job.status != "succeeded":
-        raise ApiError(
-            409, "job_not_finished", f"the job is {job.status}; {name} is available once it has succeeded"
+        raise JobNotFinished(f"the job is {job.status}; {artifact.name} is available once it has succeeded")
+    if artifact.file not in (job.artifacts or []):
+        what = (
+            "an extract job has no student model"
+            if artifact is STUDENT
+            else f"this job has no {artifact.name}"
         )
-    if filename not in (job.artifacts or []):
-        what = "an extract job has no student model" if name == "model" else f"this job has no {name}"
-        raise ApiError(404, "artifact_not_found", what)
-    key = jobs.artifact_key(job.id, filename)
+        raise ArtifactNotFound(what)
+    key = jobs.artifact_key(job.id, artifact.file)
     stem = Path(job.model_name).stem
-    attachment = f"{stem}-{download_name}" if name in ("model", "generators") else download_name
-    url = services.store.presigned_url(key, attachment) if services.settings.presign_downloads else None
+    download = f"{stem}-{artifact.file}" if artifact.attachment else artifact.file
+    url = services.store.presigned_url(key, download) if services.settings.presign_downloads else None
     if url is not None:
         return RedirectResponse(url, status_code=307)
-    headers = {}
-    if media_type not in ("application/json", "image/png"):
-        headers["Content-Disposition"] = f'attachment; filename="{attachment}"'
-    return _stream(services, key, media_type, headers)
+    headers = {"Content-Disposition": f'attachment; filename="{download}"'} if artifact.attachment else {}
+    return _stream(services, key, artifact.media_type, headers)
 
 
 def _stream(services: Services, key: str, media_type: str, headers: dict[str, str]) -> Response:
@@ -328,38 +249,31 @@ def _stream(services: Services, key: str, media_type: str, headers: dict[str, st
         size = services.store.size(key)
         chunks = services.store.iter_bytes(key)
     except ObjectMissing as exc:
-        raise ApiError(
-            404, "artifact_not_found", f"{key.rsplit('/', 1)[-1]} is missing from the store"
-        ) from exc
-    except StoreError as exc:
-        raise ApiError(503, "store_unavailable", "the model store is unreachable; try again shortly") from exc
+        raise ArtifactNotFound(f"{key.rsplit('/', 1)[-1]} is missing from the store") from exc
     return StreamingResponse(chunks, media_type=media_type, headers={**headers, "Content-Length": str(size)})
 
 
-def _artifact_route(name: str, summary: str) -> None:
+def _artifact_route(artifact: Artifact) -> None:
     def endpoint(job_id: str, services: ServicesDep, session: SessionDep, owner: OwnerDep) -> Response:
-        return _artifact(services, session, job_id, owner, name)
+        return _artifact(services, session, job_id, owner, artifact)
 
-    endpoint.__name__ = f"download_{name.replace('.', '_')}"
+    endpoint.__name__ = f"download_{artifact.name.replace('.', '_')}"
     router.add_api_route(
-        f"/v1/jobs/{{job_id}}/{name}",
+        f"/v1/jobs/{{job_id}}/{artifact.name}",
         endpoint,
         methods=["GET"],
-        summary=summary,
+        summary=artifact.summary[:1].upper() + artifact.summary[1:],
         responses={
             **ERRORS,
-            200: {"content": {ARTIFACTS[name][1]: {}}},
+            200: {"content": {artifact.media_type: {}}},
             307: {"description": "presigned URL"},
         },
         response_class=Response,
     )
 
 
-_artifact_route("model", "Download the compressed TorchScript model")
-_artifact_route("report", "The compression report (JSON)")
-_artifact_route("samples.png", "Generated samples, one row per class")
-_artifact_route("latent_walk.png", "A latent walk from one class to another")
-_artifact_route("generators", "The trained generators (TorchScript, zipped) and the latent walk")
+for _download in DOWNLOADS.values():
+    _artifact_route(_download)
 
 
 @router.get("/healthz", summary="The process is up")

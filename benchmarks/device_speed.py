@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.docs_section import write_section  # noqa: E402
 from benchmarks.paper_table import STUDENTS, default_shared  # noqa: E402
-from kegnet_core.config import CompressionSpec  # noqa: E402
 from kegnet_core.pipeline import run  # noqa: E402
 from kegnet_core.sampling import seeded_init  # noqa: E402
+from kegnet_core.spec import CompressionSpec  # noqa: E402
 from kegnet_core.zoo import LeNet5, load_paper_teacher  # noqa: E402
 
 
@@ -59,10 +59,10 @@ def time_run(teacher: Path, student: int, preset: str, seed: int, device: str) -
     return {
         "student": student,
         "seed": seed,
-        "device": report["device"],
+        "device": report.device,
         "wall_s": wall,
-        "stage_s": report["timings_s"],
-        "agreement": report["agreement"]["student_vs_teacher"],
+        "stage_s": report.timings_s,
+        "agreement": report.agreement.student_vs_teacher if report.agreement else None,
         "cpu_vs_device_max_abs": float((on_cpu - on_device.cpu()).abs().max()),
     }
 

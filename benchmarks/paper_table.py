@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.docs_section import write_section  # noqa: E402
-from kegnet_core.config import CompressionSpec  # noqa: E402
 from kegnet_core.evaluation import accuracy, mnist_test_set  # noqa: E402
 from kegnet_core.pipeline import run  # noqa: E402
+from kegnet_core.spec import CompressionSpec  # noqa: E402
 from kegnet_core.zoo import load_paper_teacher  # noqa: E402
 
 STUDENTS = {1: ("conv3",), 2: ("conv2", "conv3")}
@@ -96,10 +96,10 @@ def run_row(
         "student": student,
         "seed": seed,
         "accuracy": score,
-        "compression_ratio": report["compression_ratio"],
+        "compression_ratio": report.compression_ratio,
         "wall_s": wall,
-        "stage_s": report["timings_s"],
-        "agreement": report["agreement"]["student_vs_teacher"],
+        "stage_s": report.timings_s,
+        "agreement": report.agreement.student_vs_teacher if report.agreement else None,
     }
 
 

@@ -19,17 +19,14 @@ import httpx
 
 from kegnet_cli.options import add_spec_options, spec_from_args
 from kegnet_cli.progress_bar import ProgressBar
+from kegnet_core.artifacts import GENERATORS, REPORT, SAMPLES, STUDENT
 from kegnet_core.progress import ProgressEvent
+from kegnet_core.report import Report
+from kegnet_service.states import TERMINAL_STATUSES
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL = ("succeeded", "failed", "cancelled")
-DOWNLOADS = {
-    "model": "student.pt",
-    "report": "report.json",
-    "samples": "samples.png",
-    "generators": "generators.zip",
-}
-ROUTES = {"model": "model", "report": "report", "samples": "samples.png", "generators": "generators"}
+# What `kegnet download --what` offers, by the manifest's artifacts.
+DOWNLOADS = {"model": STUDENT, "report": REPORT, "samples": SAMPLES, "generators": GENERATORS}
 
 
 class ClientError(Exception):
@@ -77,7 +74,9 @@ def _download(client: httpx.Client, job_id: str, what: str, output: Path) -> Pat
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.part")
     try:
-        with client.stream("GET", f"/v1/jobs/{job_id}/{ROUTES[what]}", follow_redirects=True) as response:
+        with client.stream(
+            "GET", f"/v1/jobs/{job_id}/{DOWNLOADS[what].name}", follow_redirects=True
+        ) as response:
             if response.status_code >= 400:
                 response.read()
                 _check(response)
@@ -96,7 +95,7 @@ def _wait(client: httpx.Client, job_id: str, interval: float) -> dict[str, Any]:
     try:
         while True:
             job: dict[str, Any] = _request(client, "GET", f"/v1/jobs/{job_id}").json()
-            if job["status"] in TERMINAL:
+            if job["status"] in TERMINAL_STATUSES:
                 return job
             metrics = (job.get("metrics") or {}).get("latest", {})
             if job["stage"]:
@@ -143,7 +142,7 @@ def submit(args: argparse.Namespace) -> int:
         output = _download(client, job["id"], what, Path(args.output or default))
         report_path = output.with_name(f"{output.stem}_report.json")
         report_path.write_text(json.dumps(job["report"], indent=2))
-        for line in summary_lines(job["report"]):
+        for line in summary_lines(Report.model_validate(job["report"])):
             print(line)
         print(f"wrote {output} and {report_path}")
     return 0
@@ -178,7 +177,7 @@ def status(args: argparse.Namespace) -> int:
 
 def download(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        output = _download(client, args.job_id, args.what, Path(args.output or DOWNLOADS[args.what]))
+        output = _download(client, args.job_id, args.what, Path(args.output or DOWNLOADS[args.what].file))
     print(f"wrote {output}")
     return 0
 

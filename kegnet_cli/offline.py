@@ -8,11 +8,11 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from kegnet_cli.options import spec_from_args
 from kegnet_cli.progress_bar import ProgressBar
 from kegnet_core.errors import KegnetError
+from kegnet_core.report import Report
 
 
 def _human_bytes(count: float) -> str:
@@ -23,59 +23,57 @@ def _human_bytes(count: float) -> str:
     return f"{count:.1f} GiB"
 
 
-def summary_lines(report: dict[str, Any]) -> list[str]:
-    """A short before/after table of a compression report."""
+def summary_lines(report: Report) -> list[str]:
+    """A short before/after table of a compression report, and its quality estimate."""
     lines = []
-    if report.get("task") == "compress":
-        latency = report.get("latency_ms", {})
-        before_l, after_l = latency.get("before", {}), latency.get("after", {})
+    if report.task == "compress" and report.params_after is not None:
         rows = [
-            ("parameters", f"{report['params_before']:,}", f"{report['params_after']:,}"),
-            ("file size", _human_bytes(report["file_size_before"]), _human_bytes(report["file_size_after"])),
-            ("MACs", f"{report['macs_before']:,}", f"{report['macs_after']:,}"),
+            ("parameters", f"{report.params_before:,}", f"{report.params_after:,}"),
+            ("file size", _human_bytes(report.file_size_before), _human_bytes(report.file_size_after or 0)),
+            ("MACs", f"{report.macs_before or 0:,}", f"{report.macs_after or 0:,}"),
         ]
-        for batch in ("batch_1", "batch_64"):
-            if batch in before_l:
+        if report.latency_ms is not None:
+            for batch, before in report.latency_ms.before.items():
+                after = report.latency_ms.after.get(batch, float("nan"))
                 rows.append(
-                    (
-                        f"CPU latency ({batch.replace('_', ' ')})",
-                        f"{before_l[batch]:.3f} ms",
-                        f"{after_l[batch]:.3f} ms",
-                    )
+                    (f"CPU latency ({batch.replace('_', ' ')})", f"{before:.3f} ms", f"{after:.3f} ms")
                 )
         lines.append(f"{'':<26}{'before':>16}{'after':>16}")
         lines += [f"{name:<26}{before:>16}{after:>16}" for name, before, after in rows]
-        agreement = report["agreement"]
         lines.append(
-            f"compression ratio: {report['compression_ratio']:.2f}x   ranks: {json.dumps(report['ranks'])}"
+            f"compression ratio: {report.compression_ratio:.2f}x   ranks: {json.dumps(report.ranks)}"
         )
-        student, tucker = agreement["student_vs_teacher"] * 100, agreement["tucker_only_vs_teacher"] * 100
-        lines.append(
-            f"top-1 agreement with the teacher on {agreement['samples']} fresh "
-            f"{agreement['source']} samples: {student:.2f}% (Tucker only: {tucker:.2f}%)"
-        )
+        if report.agreement is not None:
+            agreement = report.agreement
+            student, tucker = agreement.student_vs_teacher * 100, agreement.tucker_only_vs_teacher * 100
+            lines.append(
+                f"top-1 agreement with the teacher on {agreement.samples} held-out "
+                f"{agreement.source} inputs: {student:.2f}% (Tucker only: {tucker:.2f}%)"
+            )
+        if report.quality is not None:
+            quality = report.quality
+            if quality.estimated_loss is not None:
+                lines.append(
+                    f"estimated accuracy loss: {quality.estimated_loss:.2f} points ({quality.reason})"
+                )
+            else:
+                lines.append(f"estimated accuracy loss: {quality.reason}")
     else:
-        lines.append(f"generators: {', '.join(report['artifacts']['generators'])}")
-    lines.append(f"wall time: {report['timings_s']['total']:.1f} s")
+        lines.append(f"generators: {', '.join(report.artifacts.generators)}")
+    lines.append(f"wall time: {report.timings_s.get('total', 0.0):.1f} s")
     return lines
 
 
-def _place_outputs(run_dir: Path, output: Path, report: dict[str, Any]) -> dict[str, str]:
-    """Move the run's files beside ``output``: the student as named, the rest prefixed."""
-    placed: dict[str, str] = {}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    for path in sorted(run_dir.iterdir()):
-        if path.name.startswith("."):
-            continue
-        target = output if path.name == "student.pt" else output.with_name(f"{output.stem}_{path.name}")
-        shutil.move(str(path), target)
-        placed[path.name] = target.name
-    return placed
-
-
 def run_offline(args: argparse.Namespace, task: str) -> int:
-    from kegnet_core.config import spec_from_dict
+    """Run the pipeline here; files land beside ``-o`` (compress) or in the ``-o`` folder (extract).
+
+    The run writes into a scratch folder next to the target under its final
+    names (:class:`kegnet_core.artifacts.Layout`), and the files are moved
+    into place only when it succeeds.
+    """
+    from kegnet_core.artifacts import REPORT, Layout
     from kegnet_core.pipeline import run
+    from kegnet_core.spec import parse_spec
 
     output = Path(args.output)
     if task == "extract" and output.suffix == ".pt":
@@ -83,32 +81,16 @@ def run_offline(args: argparse.Namespace, task: str) -> int:
         return 2
     bar = ProgressBar()
     try:
-        spec = spec_from_dict(spec_from_args(args, task))
-        target_parent = output.parent if task == "compress" else output
-        target_parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target_parent, prefix=".kegnet-run-") as scratch:
-            report = run(args.model, spec, scratch, progress=bar, device=args.device)
+        spec = parse_spec(spec_from_args(args, task))
+        target = output.parent if task == "compress" else output
+        target.mkdir(parents=True, exist_ok=True)
+        stem = output.stem if task == "compress" else None
+        with tempfile.TemporaryDirectory(dir=target, prefix=".kegnet-run-") as scratch:
+            report = run(args.model, spec, Layout(Path(scratch), stem), progress=bar, device=args.device)
             bar.close()
-            if task == "compress":
-                placed = _place_outputs(Path(scratch), output, report)
-            else:
-                placed = {}
-                for path in Path(scratch).iterdir():
-                    if not path.name.startswith("."):
-                        shutil.move(str(path), output / path.name)
-                        placed[path.name] = path.name
-        report["artifacts"] = {
-            key: (
-                [placed.get(name, name) for name in value]
-                if isinstance(value, list)
-                else placed.get(value, value)
-            )
-            for key, value in report["artifacts"].items()
-        }
-        report_path = (
-            output.with_name(f"{output.stem}_report.json") if task == "compress" else output / "report.json"
-        )
-        report_path.write_text(json.dumps(report, indent=2))
+            placed = sorted(path.name for path in Path(scratch).iterdir() if not path.name.startswith("."))
+            for name in placed:
+                shutil.move(str(Path(scratch) / name), target / name)
     except KegnetError as exc:
         bar.close()
         where = f" ({exc.field})" if exc.field else ""
@@ -116,6 +98,6 @@ def run_offline(args: argparse.Namespace, task: str) -> int:
         return 2
     for line in summary_lines(report):
         print(line)
-    written = output if task == "compress" else output / "report.json"
+    written = output if task == "compress" else Layout(output).path(REPORT.file)
     print(f"wrote {written} and {len(placed) - 1} more files beside it")
     return 0

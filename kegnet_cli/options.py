@@ -11,7 +11,7 @@ import argparse
 import json
 from typing import Any
 
-from kegnet_core.config import PRESETS, PRIORS
+from kegnet_core.spec import PresetName, Prior
 
 
 def parse_shape(text: str) -> list[int]:
@@ -66,8 +66,21 @@ def add_spec_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--ranks", type=parse_ranks, default="evbmf", help="evbmf | 0.5 | conv3=11:7,...")
     parser.add_argument("--target-ratio", type=float, help="choose ranks so the model shrinks this much")
-    parser.add_argument("--prior", choices=PRIORS, default="kegnet", help="where training samples come from")
-    parser.add_argument("--preset", choices=list(PRESETS), default="default")
+    parser.add_argument(
+        "--prior",
+        choices=[p.value for p in Prior],
+        default=Prior.KEGNET.value,
+        help="where training samples come from",
+    )
+    parser.add_argument("--preset", choices=[p.value for p in PresetName], default=PresetName.DEFAULT.value)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.SETTING=VALUE",
+        help="override one recipe setting, e.g. --set distill.steps=500 (repeatable)",
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -82,4 +95,20 @@ def spec_from_args(args: argparse.Namespace, task: str = "compress") -> dict[str
         "preset": args.preset,
         "seed": args.seed,
         "task": task,
+        "overrides": parse_overrides(getattr(args, "overrides", None) or []),
     }
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["distill.steps=500"]`` -> ``{"distill.steps": 500}``; values are read as JSON where they parse."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"--set takes SECTION.SETTING=VALUE, got {item!r}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        overrides[key.strip()] = value
+    return overrides

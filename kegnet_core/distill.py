@@ -21,7 +21,7 @@ from torch import nn
 from kegnet_core.config import DistillConfig
 from kegnet_core.losses import distillation_loss
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
-from kegnet_core.sampling import SampleSource
+from kegnet_core.sources import SampleSource
 
 
 @dataclass
@@ -106,7 +106,7 @@ def _learning_rate(config: DistillConfig, step: int) -> float:
     return config.final_learning_rate + (config.learning_rate - config.final_learning_rate) * cosine
 
 
-def distill(
+def distill_student(
     student: nn.Module,
     teacher: nn.Module,
     source: SampleSource,
@@ -123,14 +123,10 @@ def distill(
     """
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
-    prefixes = tuple(f"{name}." for name in matched_layers)
     trainable = []
-    for name, parameter in student.named_parameters():
-        train = parameter.is_floating_point() and (
-            not config.train_compressed_only or name.startswith(prefixes)
-        )
-        parameter.requires_grad_(train)
-        if train:
+    for parameter in student.parameters():
+        parameter.requires_grad_(parameter.is_floating_point())
+        if parameter.is_floating_point():
             trainable.append(parameter)
     optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
 

@@ -79,13 +79,3 @@ def _image_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
         raise ValueError(f"strokes need an image shape (C, H, W), got {tuple(input_shape)}")
     channels, height, width = (int(size) for size in input_shape)
     return channels, height, width
-
-
-class StrokeSource:
-    """Random-stroke images, as a sample source of their own (the ``strokes`` prior)."""
-
-    def __init__(self, input_shape: Sequence[int]) -> None:
-        self.input_shape = _image_shape(input_shape)
-
-    def sample(self, count: int, rng: torch.Generator) -> torch.Tensor:
-        return stroke_images(count, self.input_shape, rng)

@@ -16,7 +16,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from kegnet_service.models import TERMINAL_STATUSES, Job
+from kegnet_service.models import Job
+from kegnet_service.states import TERMINAL_STATUSES
 
 # Where each stage sits in the job's overall progress (start, end).
 STAGE_SPANS = {

@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,6 @@ from worker.reporting import JobReporter, JobTimeLimitError
 
 log = logging.getLogger("kegnet.worker")
 
-GENERATOR_BUNDLE = "generators.zip"
-
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -45,19 +42,6 @@ def _store(settings: Settings) -> LocalStore | S3Store:
         public_endpoint_url=settings.s3_public_endpoint_url,
         region=settings.s3_region,
     )
-
-
-def _bundle_generators(out_dir: Path, report: dict[str, Any]) -> None:
-    """One zip with the generators, their sample grids and the latent walk."""
-    artifacts = report.get("artifacts", {})
-    names = [*artifacts.get("generators", []), *artifacts.get("samples", [])]
-    if artifacts.get("latent_walk"):
-        names.append(artifacts["latent_walk"])
-    if not artifacts.get("generators"):
-        return
-    with zipfile.ZipFile(out_dir / GENERATOR_BUNDLE, "w", zipfile.ZIP_STORED) as bundle:
-        for name in names:
-            bundle.write(out_dir / name, name)
 
 
 def _upload_outputs(store: LocalStore | S3Store, job_id: str, out_dir: Path) -> list[str]:
@@ -86,9 +70,10 @@ def _finish(settings: Settings, job_id: str, **values: Any) -> None:
 
 def execute_job(job_id: str, settings: Settings | None = None, worker: str | None = None) -> str:
     """Run one job to a terminal state; return that state (or 'skipped')."""
-    from kegnet_core.config import spec_from_dict
+    from kegnet_core.artifacts import Layout, bundle_generators
     from kegnet_core.pipeline import run
     from kegnet_core.sandbox import SandboxLimits
+    from kegnet_core.spec import parse_spec
 
     settings = settings or get_settings()
     with session_scope(settings.resolved_database_url) as session:
@@ -103,7 +88,7 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
     work = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=_work_dir(settings)))
     outcome = "failed"
     try:
-        spec = spec_from_dict(spec_data)
+        spec = parse_spec(spec_data)
         teacher = work / "teacher.pt"
         store.get_file(jobs.model_key(job_id), teacher)
         with Heartbeat(settings.resolved_database_url, job_id, settings.heartbeat_interval_s) as heartbeat:
@@ -131,9 +116,13 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
                 sandbox=limits,
                 previews=True,
             )
-            _bundle_generators(out_dir, report)
+            written = report.artifacts
+            extras = [*written.samples, *([written.latent_walk] if written.latent_walk else [])]
+            bundle_generators(Layout(out_dir), written.generators, extras)
             artifacts = _upload_outputs(store, job_id, out_dir)
-        _finish(settings, job_id, status="succeeded", report=report, artifacts=artifacts)
+        _finish(
+            settings, job_id, status="succeeded", report=report.model_dump(mode="json"), artifacts=artifacts
+        )
         outcome = "succeeded"
     except Cancelled:
         store.delete_prefix(f"jobs/{job_id}/out")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from kegnet_core.spec import PresetName, Prior
 from tests.browser.conftest import Blocked, Server
 
 expect = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed").expect
@@ -80,6 +81,19 @@ def test_the_spec_rules(signed_in: Page) -> None:
     assert results["none"] == {"value": None}
     assert results["ratio"] == {"value": 4}
     assert results["field"] == ["ranks", "model", None]
+
+
+def test_the_form_offers_the_servers_choices(signed_in: Page) -> None:
+    """Tasks, presets and priors are read from /openapi.json, not copied into the page."""
+    page = signed_in
+    page.click("a[href='#/new'] >> nth=0")
+    expect(page.locator("#field-prior option")).to_have_count(len(Prior))
+    offered = page.locator("#field-prior option").evaluate_all("options => options.map(o => o.value)")
+    assert offered == [prior.value for prior in Prior]
+    assert page.locator("#field-prior").input_value() == Prior.KEGNET.value
+    presets = page.locator("#field-preset option").evaluate_all("options => options.map(o => o.value)")
+    assert presets == [preset.value for preset in PresetName]
+    assert page.locator("#field-preset").input_value() == PresetName.DEFAULT.value
 
 
 def test_the_form_checks_the_spec_as_it_is_typed(signed_in: Page) -> None:

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from kegnet_core.config import CompressionSpec
 from kegnet_core.errors import Cancelled, SpecError
 from kegnet_core.extraction import TrainedGenerator, extract_generators
 from kegnet_core.pipeline import run
 from kegnet_core.progress import STAGES, ProgressEvent
+from kegnet_core.report import Report
+from kegnet_core.spec import CompressionSpec
 
 from .models import TinyCNN, TinyMLP, torchscript_bytes
 
@@ -52,18 +53,20 @@ def test_quick_compression_end_to_end(tiny_cnn, tmp_path):
     out = tmp_path / "out"
     for name in ("student.pt", "report.json", "samples.png", "latent_walk.png", "generator_0.pt"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "report.json").read_text())["params_after"] == report["params_after"]
-    assert report["params_after"] < report["params_before"]
-    assert report["compression_ratio"] == pytest.approx(
-        report["params_before"] / report["params_after"], rel=1e-3
-    )
-    assert report["macs_after"] < report["macs_before"]
-    assert set(report["latency_ms"]["before"]) == {"batch_1", "batch_64"}
-    assert 0.0 <= report["agreement"]["student_vs_teacher"] <= 1.0
-    assert report["ranks"] and all(len(pair) == 2 for pair in report["ranks"].values())
-    assert set(report["timings_s"]) == {*STAGES, "total"}
-    assert report["history"]["extraction"] and report["history"]["distillation"]
+    written = Report.model_validate_json((out / "report.json").read_text())
+    assert written.model_dump(mode="json") == json.loads(report.to_json())
+    assert report.params_after is not None and report.params_after < report.params_before
+    assert report.compression_ratio == pytest.approx(report.params_before / report.params_after, rel=1e-3)
+    assert report.macs_after is not None and report.macs_before is not None
+    assert report.macs_after < report.macs_before
+    assert report.latency_ms is not None and set(report.latency_ms.before) == {"batch_1", "batch_64"}
+    assert report.ranks and all(len(pair) == 2 for pair in report.ranks.values())
+    assert set(report.timings_s) == {*STAGES, "total"}
+    assert report.history["extraction"] and report.history["distillation"]
     assert [stage for stage in STAGES if any(e.stage == stage for e in events)] == list(STAGES)
+    # The agreement figures are the student's and the Tucker-only student's on the same probes.
+    assert report.agreement is not None and report.quality is not None
+    assert report.agreement.samples == report.quality.probe_samples
     # The student loads with plain torch in a process that never saw this project.
     checked = subprocess.run(
         [
@@ -73,7 +76,7 @@ def test_quick_compression_end_to_end(tiny_cnn, tmp_path):
             FRESH_PROCESS_CHECK,
             str(out / "student.pt"),
             "[1, 8, 8]",
-            str(report["params_after"]),
+            str(report.params_after),
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -87,7 +90,7 @@ def test_same_seed_same_student(tiny_cnn, tmp_path):
     """The promise is for CPU runs (on CUDA, cuDNN and atomic adds reorder sums), so the
     test names the CPU even on a machine with a GPU, where it failed once unpinned."""
     spec = _spec(prior="kegnet", seed=3)
-    run(tiny_cnn, spec, tmp_path / "a", measure_latency=False, device="cpu")
+    first_report = run(tiny_cnn, spec, tmp_path / "a", measure_latency=False, device="cpu")
     run(tiny_cnn, spec, tmp_path / "b", measure_latency=False, device="cpu")
     first = torch.jit.load(str(tmp_path / "a" / "student.pt")).state_dict()
     second = torch.jit.load(str(tmp_path / "b" / "student.pt")).state_dict()
@@ -95,21 +98,21 @@ def test_same_seed_same_student(tiny_cnn, tmp_path):
     assert all(torch.equal(first[key], second[key]) for key in first)
     other = run(tiny_cnn, _spec(seed=4), tmp_path / "c", measure_latency=False, device="cpu")
     third = torch.jit.load(str(tmp_path / "c" / "student.pt")).state_dict()
-    assert other["params_after"] > 0
+    assert other.params_after == first_report.params_after
     assert not all(torch.equal(first[key], third[key]) for key in first)
 
 
 @pytest.mark.parametrize("prior", ["uniform", "gaussian", "strokes", "none"])
 def test_baseline_priors_train_no_generator(tiny_cnn, tmp_path, prior):
     report = run(tiny_cnn, _spec(prior=prior), tmp_path / prior, measure_latency=False)
-    assert "extracting" not in report["timings_s"]
+    assert "extracting" not in report.timings_s
     assert not (tmp_path / prior / "generator_0.pt").exists()
-    assert ("distilling" in report["timings_s"]) == (prior != "none")
+    assert ("distilling" in report.timings_s) == (prior != "none")
 
 
 def test_extract_only_writes_generators(tiny_cnn, tmp_path):
     report = run(tiny_cnn, _spec(task="extract"), tmp_path / "gen")
-    assert report["artifacts"]["generators"] == ["generator_0.pt"]
+    assert report.artifacts.generators == ["generator_0.pt"]
     assert not (tmp_path / "gen" / "student.pt").exists()
     generator = torch.jit.load(str(tmp_path / "gen" / "generator_0.pt"))
     assert generator(torch.eye(3), torch.randn(3, generator.noise_dim)).shape == (3, 1, 8, 8)
@@ -118,7 +121,7 @@ def test_extract_only_writes_generators(tiny_cnn, tmp_path):
 def test_extract_only_keeps_no_snapshots(tiny_cnn, tmp_path, monkeypatch):
     # A spy around the real extraction (it still runs): snapshots only feed
     # distillation, so an extract-only run must not hold them in memory.
-    import kegnet_core.pipeline as pipeline
+    import kegnet_core.stages as stages
 
     trained: list[list[TrainedGenerator]] = []
 
@@ -126,7 +129,7 @@ def test_extract_only_keeps_no_snapshots(tiny_cnn, tmp_path, monkeypatch):
         trained.append(extract_generators(*args, **kwargs))
         return trained[-1]
 
-    monkeypatch.setattr(pipeline, "extract_generators", spy)
+    monkeypatch.setattr(stages, "extract_generators", spy)
     overrides = {"extraction.snapshot_every": 10}
     run(tiny_cnn, _spec(task="extract", overrides=overrides), tmp_path / "gen")
     run(tiny_cnn, _spec(overrides=overrides), tmp_path / "student", measure_latency=False)
@@ -139,12 +142,12 @@ def test_vector_classifier(tmp_path):
     path = tmp_path / "mlp.pt"
     path.write_bytes(torchscript_bytes(TinyMLP(), (12,)))
     # A stroke share asks for images; vectors have none and simply go without.
-    overrides = {"distill.stroke_share": 0.5}
+    overrides = {"sampling.stroke_share": 0.5}
     spec = _spec(input_shape=(12,), layers=("net.0",), ranks=0.25, overrides=overrides)
     report = run(path, spec, tmp_path / "mlp")
-    assert report["ranks"] == {"net.0": [8, 3]}
+    assert report.ranks == {"net.0": [8, 3]}
     with pytest.raises(SpecError) as caught:
-        run(path, _spec(input_shape=(12,), prior="strokes"), tmp_path / "strokes")
+        _spec(input_shape=(12,), prior="strokes")
     assert caught.value.field == "prior"
 
 
@@ -152,19 +155,19 @@ def test_strokes_join_the_generators_samples(tiny_cnn, tmp_path, monkeypatch):
     # A spy around the real distillation: with a stroke share, each batch of
     # the student mixes stroke images (whose background is flat) into the
     # generators' samples.
-    import kegnet_core.pipeline as pipeline
-    from kegnet_core.distill import distill
+    import kegnet_core.stages as stages
+    from kegnet_core.distill import distill_student
 
     batches: list[torch.Tensor] = []
 
     def spy(student, teacher, source, config, **kwargs):
         batches.append(source.sample(10, torch.Generator().manual_seed(0)))
-        return distill(student, teacher, source, config, **kwargs)
+        return distill_student(student, teacher, source, config, **kwargs)
 
-    monkeypatch.setattr(pipeline, "distill", spy)
-    overrides = {"distill.stroke_share": 0.3}
+    monkeypatch.setattr(stages, "distill_student", spy)
+    overrides = {"sampling.stroke_share": 0.3}
     report = run(tiny_cnn, _spec(overrides=overrides), tmp_path / "mixed", measure_latency=False)
-    assert report["agreement"]["source"] == "kegnet + strokes"
+    assert report.agreement is not None and report.agreement.source == "kegnet + strokes"
     near_floor = [bool(((image - image.min()) < 0.1).float().mean() > 0.25) for image in batches[0]]
     assert near_floor == [False] * 7 + [True] * 3
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kegnet_core.sampling import MixedSource
-from kegnet_core.strokes import StrokeSource, stroke_images
+from kegnet_core.errors import SpecError
+from kegnet_core.sources import MixedSource, StrokeSource
+from kegnet_core.strokes import stroke_images
 
 
 @pytest.mark.parametrize("shape", [(1, 32, 32), (3, 16, 24), (1, 8, 8)])
@@ -41,8 +42,9 @@ def test_a_single_stroke_is_a_thin_line():
 
 
 def test_vectors_have_no_strokes():
-    with pytest.raises(ValueError, match="image shape"):
+    with pytest.raises(SpecError, match="draws images") as caught:
         StrokeSource((12,))
+    assert caught.value.field == "prior"
     with pytest.raises(ValueError, match="image shape"):
         stroke_images(4, (12,), torch.Generator())
 
@@ -50,6 +52,7 @@ def test_vectors_have_no_strokes():
 class _Constant:
     def __init__(self, value: float) -> None:
         self.value = value
+        self.name = f"constant {value}"
 
     def sample(self, count: int, rng: torch.Generator) -> torch.Tensor:
         return torch.full((count, 2), self.value)

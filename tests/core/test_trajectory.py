@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kegnet_core.config import ExtractionConfig, get_preset
+from kegnet_core.config import ExtractionConfig, get_recipe
 from kegnet_core.extraction import train_generator
-from kegnet_core.sampling import GeneratorSource, TrajectorySource
+from kegnet_core.sources import TrajectorySource
 
 from .models import TinyCNN
 
@@ -61,15 +61,17 @@ def test_trajectory_source_draws_from_several_snapshots(trained):
     assert batch.shape == (32, 1, 8, 8)
     again = TrajectorySource([trained.snapshots], n_classes=3, noise_dim=10, picks=4)
     assert torch.equal(again.sample(32, torch.Generator().manual_seed(0)), batch)
-    # Unlike the final generator alone, the batch mixes stages of training.
-    final_only = GeneratorSource([trained.generator], 3, 10).sample(32, torch.Generator().manual_seed(0))
-    assert not torch.equal(final_only, batch)
+    # The batch mixes stages of training: the same draws from a trajectory whose
+    # snapshots were all the final generator give other samples.
+    finals = [trained.generator] * len(trained.snapshots)
+    final_only = TrajectorySource([finals], n_classes=3, noise_dim=10, picks=4)
+    assert not torch.allclose(final_only.sample(32, torch.Generator().manual_seed(0)), batch)
     with pytest.raises(ValueError, match="snapshot"):
         TrajectorySource([[]], n_classes=3, noise_dim=10)
 
 
 def test_default_preset_distills_from_the_trajectory():
-    preset = get_preset("default")
-    assert preset.extraction.snapshot_every > 0
-    assert preset.extraction.snapshot_from < preset.extraction.steps
-    assert get_preset("paper").extraction.snapshot_every == 0  # the published recipe stays as published
+    recipe = get_recipe("default")
+    assert recipe.extraction.snapshot_every > 0
+    assert recipe.extraction.snapshot_from < recipe.extraction.steps
+    assert get_recipe("paper").extraction.snapshot_every == 0  # the published recipe stays as published

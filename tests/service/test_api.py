@@ -15,6 +15,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from kegnet_core.config import RECIPES
+from kegnet_core.spec import Prior, parse_spec
 from kegnet_service import jobs
 from kegnet_service.db import session_scope
 from kegnet_service.models import Job
@@ -69,7 +71,9 @@ def test_submit_queues_a_job(client, settings, tiny_model_bytes):
         ('{"input_shape": [1, 0, 8]}', "spec.input_shape"),
         ('{"input_shape": [1, 8, 8], "prior": "laplace"}', "spec.prior"),
         ('{"input_shape": [12], "prior": "strokes"}', "spec.prior"),
-        ('{"input_shape": [1, 8, 8], "overrides": {"distill.stroke_share": 2}}', "spec.overrides"),
+        ('{"input_shape": [1, 8, 8], "overrides": {"sampling.stroke_share": 2}}', "spec.overrides"),
+        ('{"input_shape": [1, 8, 8], "overrides": {"distill.stroke_share": 0.5}}', "spec.overrides"),
+        ('{"input_shape": [1, 8, 8], "overrides": {"distill.steps": "many"}}', "spec.overrides"),
         ('{"input_shape": [1, 8, 8], "ranks": 1.5}', "spec.ranks"),
         ('{"input_shape": [1, 8, 8], "ranks": {"stem.0": [2]}}', "spec.ranks"),
         ('{"input_shape": [1, 8, 8], "target_ratio": 0.5}', "spec.target_ratio"),
@@ -274,7 +278,23 @@ def test_openapi_documents_the_upload(client):
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert set(body["required"]) == {"model", "spec"}
-    assert "JobSpec" in schema["components"]["schemas"]
+    components = schema["components"]["schemas"]
+    spec_ref = body["properties"]["spec"]["contentSchema"]["$ref"]
+    spec_schema = components[spec_ref.rsplit("/", 1)[-1]]
+    # The dashboard reads the allowed values from here: every $ref must resolve to the core's enums.
+    prior_ref = spec_schema["properties"]["prior"]["$ref"]
+    assert components[prior_ref.rsplit("/", 1)[-1]]["enum"] == [prior.value for prior in Prior]
+    preset_ref = spec_schema["properties"]["preset"]["$ref"]
+    assert components[preset_ref.rsplit("/", 1)[-1]]["enum"] == list(RECIPES)
+
+
+def test_overrides_work_end_to_end(client, settings, tiny_model_bytes):
+    spec = '{"input_shape": [1, 8, 8], "overrides": {"distill.steps": 5, "sampling.noise_scale": 2}}'
+    response = submit(client, tiny_model_bytes, spec)
+    assert response.status_code == 202, response.text
+    stored = response.json()["spec"]
+    assert stored["overrides"] == {"distill.steps": 5, "sampling.noise_scale": 2}
+    assert parse_spec(stored).recipe().distill.steps == 5
 
 
 def test_the_api_never_imports_torch(settings):

@@ -92,6 +92,19 @@ export function submitJob(file, spec) {
   return getJson("v1/jobs", { method: "POST", body: form });
 }
 
+let openApi = null;
+
+/** The server's OpenAPI document (fetched once): the job spec's schema lives there. */
+export async function loadOpenApi() {
+  openApi = openApi || getJson("openapi.json");
+  try {
+    return await openApi;
+  } catch (error) {
+    openApi = null;
+    throw error;
+  }
+}
+
 /** Check a key before keeping it: any authenticated call will do. */
 export async function checkKey(key) {
   await request("v1/jobs?limit=1", { key });

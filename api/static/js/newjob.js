@@ -1,9 +1,9 @@
 // A new job: the TorchScript file (chooser or drop zone) and the spec, checked
 // as the user types; the server's own 4xx message lands next to the field it names.
 
-import { submitJob } from "./api.js";
+import { loadOpenApi, submitJob } from "./api.js";
 import { bytes, clear, h } from "./dom.js";
-import { buildSpec, fieldOf, PARSERS } from "./spec.js";
+import { buildSpec, choicesFromOpenApi, fieldOf, PARSERS, setChoices } from "./spec.js";
 
 const HELP = {
   model: "A classifier saved with torch.jit.save (script or trace).",
@@ -95,9 +95,9 @@ export function newJobView(main) {
   let file = null;
   const controls = {
     input_shape: text({ placeholder: "1,28,28", required: true, inputmode: "numeric" }),
-    task: select(["compress", "extract"], "compress"),
-    preset: select(["quick", "default", "paper"], "default"),
-    prior: select(["kegnet", "uniform", "gaussian", "strokes", "none"], "kegnet"),
+    task: select([], ""),
+    preset: select([], ""),
+    prior: select([], ""),
     layers: text({ placeholder: "all that get smaller" }),
     ranks: text({ value: "evbmf" }),
     target_ratio: text({ placeholder: "none", inputmode: "decimal" }),
@@ -168,6 +168,21 @@ export function newJobView(main) {
     }
   }
   form.addEventListener("submit", submit);
+
+  // The choices (tasks, presets, priors) are the server's: read them from its schema.
+  button.disabled = true;
+  loadOpenApi()
+    .then((doc) => {
+      const loaded = choicesFromOpenApi(doc);
+      setChoices(loaded);
+      for (const [name, { values, default: chosen }] of Object.entries(loaded)) {
+        clear(controls[name], ...values.map((value) => h("option", { value, selected: value === chosen }, value)));
+      }
+      button.disabled = false;
+    })
+    .catch((error) => {
+      formError.textContent = `could not read the server's job options: ${error.message}`;
+    });
 
   clear(
     form,

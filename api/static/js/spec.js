@@ -1,5 +1,7 @@
 // The job spec form's rules, as pure functions: text in, {value} or {error} out.
 // They mirror the server's checks so most mistakes are caught before an upload.
+// The allowed values of the choice fields are not copied here: they come from
+// the server's /openapi.json (the CompressionSpec schema), via setChoices().
 
 const MAX_SEED = 2 ** 31;
 const MODULE_PATH = /^[A-Za-z_]\w*(\.\w+)*$/;
@@ -75,8 +77,37 @@ export function parseSeed(text) {
   return ok(Number(trimmed));
 }
 
-function oneOf(choices) {
-  return (text) => (choices.includes(text) ? ok(text) : bad(`one of ${choices.join(", ")}`));
+/** The spec fields whose values are a fixed set, read from the OpenAPI schema. */
+export const CHOICE_FIELDS = ["task", "preset", "prior"];
+
+let choices = {};
+
+/** {field: {values, default}} for the choice fields, from an /openapi.json document. */
+export function choicesFromOpenApi(doc) {
+  const schemas = (doc.components || {}).schemas || {};
+  const spec = schemas.CompressionSpec;
+  if (!spec) throw new Error("the server's OpenAPI document has no CompressionSpec");
+  const result = {};
+  for (const name of CHOICE_FIELDS) {
+    const property = spec.properties[name] || {};
+    const ref = property.$ref || ((property.allOf || [])[0] || {}).$ref;
+    const target = ref ? schemas[ref.split("/").pop()] : property;
+    if (!target || !Array.isArray(target.enum)) throw new Error(`no allowed values for ${name}`);
+    result[name] = { values: target.enum, default: property.default ?? target.enum[0] };
+  }
+  return result;
+}
+
+/** Use these allowed values from now on (see choicesFromOpenApi). */
+export function setChoices(loaded) {
+  choices = loaded;
+}
+
+function oneOf(name) {
+  return (text) => {
+    const allowed = (choices[name] || {}).values || [];
+    return allowed.includes(text) ? ok(text) : bad(`one of ${allowed.join(", ")}`);
+  };
 }
 
 export const PARSERS = {
@@ -84,10 +115,10 @@ export const PARSERS = {
   layers: parseLayers,
   ranks: parseRanks,
   target_ratio: parseTargetRatio,
-  prior: oneOf(["kegnet", "uniform", "gaussian", "strokes", "none"]),
-  preset: oneOf(["quick", "default", "paper"]),
+  prior: oneOf("prior"),
+  preset: oneOf("preset"),
   seed: parseSeed,
-  task: oneOf(["compress", "extract"]),
+  task: oneOf("task"),
 };
 
 /** The spec JSON for POST /v1/jobs, or the errors by field name. */

@@ -1,0 +1,525 @@
+"""The quality suite's teachers: varied classifiers trained here, from data that ships in packages.
+
+Each teacher is trained in seconds to a few minutes on the CPU from data
+bundled inside installed packages (scikit-learn's digits and sample
+photographs, scikit-image's images and textures, scikit-learn's synthetic
+problems), saved as the TorchScript a user would upload, and cached with its
+held-out test split. Compression never reads a test split or any statistic of
+these data sets: only :func:`score` does, after the fact.
+
+The paper's LeNet5 comes from ``../shared`` (``KEGNET_SHARED``) and is skipped
+when that folder is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kegnet_core.evaluation import accuracy, mnist_test_set
+from kegnet_core.zoo import ResNet14, load_paper_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE_VERSION = 1
+
+
+def default_shared() -> Path:
+    return Path(os.environ.get("KEGNET_SHARED", ROOT.parent / "shared"))
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("KEGNET_SUITE_CACHE", Path.home() / ".cache" / "kegnet" / "suite"))
+
+
+# --------------------------------------------------------------------------
+# Architectures (written out here: users upload TorchScript, we need the classes to make it)
+
+
+class BnResidualCnn(nn.Module):
+    """A small CNN with BatchNorm and one residual block, for 1x16x16 digits."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 32, 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(32)
+        self.down1 = nn.Conv2d(32, 64, 3, stride=2, padding=1, bias=False)
+        self.down1_bn = nn.BatchNorm2d(64)
+        self.res_a = nn.Conv2d(64, 64, 3, padding=1, bias=False)
+        self.res_a_bn = nn.BatchNorm2d(64)
+        self.res_b = nn.Conv2d(64, 64, 3, padding=1, bias=False)
+        self.res_b_bn = nn.BatchNorm2d(64)
+        self.down2 = nn.Conv2d(64, 128, 3, stride=2, padding=1, bias=False)
+        self.down2_bn = nn.BatchNorm2d(128)
+        self.head = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem_bn(self.stem(x)))  # (B, 32, 16, 16)
+        x = F.relu(self.down1_bn(self.down1(x)))  # (B, 64, 8, 8)
+        y = F.relu(self.res_a_bn(self.res_a(x)))
+        x = F.relu(x + self.res_b_bn(self.res_b(y)))
+        x = F.relu(self.down2_bn(self.down2(x)))  # (B, 128, 4, 4)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class VggBn(nn.Module):
+    """VGG-style: three stages of two 3x3 conv + BatchNorm + ReLU, max-pool between, for 3x32x32."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, widths: tuple[int, ...] = (24, 48, 96)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for stage, width in enumerate(widths):
+            for _ in range(2):
+                layers += [
+                    nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(),
+                ]
+                channels = width
+            if stage < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Linear(channels, 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean(dim=(2, 3)))
+
+
+class PlainCnn(nn.Module):
+    """Conv + ReLU + max-pool three times, then two Linears; no BatchNorm. For 1x32x32 textures."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 8) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 5, padding=2)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.conv3 = nn.Conv2d(32, 64, 3, padding=1)
+        self.fc1 = nn.Linear(64 * 4 * 4, 128)
+        self.fc2 = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (B, 16, 16, 16)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # (B, 32, 8, 8)
+        x = F.max_pool2d(F.relu(self.conv3(x)), 2)  # (B, 64, 4, 4)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+class Mlp(nn.Module):
+    """Dense layers with ReLU, optionally BatchNorm after each hidden layer."""
+
+    def __init__(self, features: int, hidden: tuple[int, ...], num_classes: int, batchnorm: bool) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = features
+        for size in hidden:
+            layers.append(nn.Linear(width, size))
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(size))
+            layers.append(nn.ReLU())
+            width = size
+        layers.append(nn.Linear(width, num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+# --------------------------------------------------------------------------
+# Data (all bundled in installed packages; nothing is downloaded)
+
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+def _standardise(
+    train: torch.Tensor, test: torch.Tensor, dims: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalise both splits with the train split's mean and std (the user's own preprocessing)."""
+    mean = train.mean(dim=dims, keepdim=True)
+    std = train.std(dim=dims, keepdim=True).clamp_min(1e-6)
+    return (train - mean) / std, (test - mean) / std
+
+
+def _stratified(labels: np.ndarray, test_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(labels))
+    train, test = train_test_split(index, test_size=test_share, random_state=seed, stratify=labels)
+    return train, test
+
+
+def digits_images(size: int = 16) -> tuple[Split, Split]:
+    """scikit-learn's 8x8 digits, upsampled to ``size`` (bilinear), 70/30 split."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    train, test = _stratified(digits.target, 0.3, seed=0)
+    x_train, x_test = _standardise(images[train], images[test], dims=(0, 1, 2, 3))
+    return (x_train, labels[train]), (x_test, labels[test])
+
+
+def digits_vectors() -> tuple[Split, Split]:
+    """scikit-learn's digits as 64 features, standardised per feature, 70/30 split."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    data = torch.tensor(digits.data, dtype=torch.float32)
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    train, test = _stratified(digits.target, 0.3, seed=0)
+    x_train, x_test = _standardise(data[train], data[test], dims=(0,))
+    return (x_train, labels[train]), (x_test, labels[test])
+
+
+def synthetic_vectors(features: int, informative: int, classes: int, seed: int) -> tuple[Split, Split]:
+    """A scikit-learn ``make_classification`` problem, 8,000 points, standardised, 75/25 split."""
+    from sklearn.datasets import make_classification
+
+    data, target = make_classification(
+        n_samples=8000,
+        n_features=features,
+        n_informative=informative,
+        n_redundant=(features - informative) // 2,
+        n_classes=classes,
+        n_clusters_per_class=2,
+        class_sep=1.5,
+        flip_y=0.0,
+        random_state=seed,
+    )
+    x = torch.tensor(data, dtype=torch.float32)
+    y = torch.tensor(target, dtype=torch.long)
+    train, test = _stratified(target, 0.25, seed=seed)
+    x_train, x_test = _standardise(x[train], x[test], dims=(0,))
+    return (x_train, y[train]), (x_test, y[test])
+
+
+def _colour_photos() -> list[np.ndarray]:
+    import skimage.data as sk
+    from sklearn.datasets import load_sample_images
+
+    photos = [
+        sk.astronaut(),
+        sk.coffee(),
+        sk.chelsea(),
+        sk.rocket(),
+        sk.retina(),
+        sk.hubble_deep_field(),
+        sk.immunohistochemistry(),
+        sk.stereo_motorcycle()[0],
+    ]
+    photos += list(load_sample_images().images)  # china, flower
+    return photos
+
+
+def _grey_textures() -> list[np.ndarray]:
+    import skimage.data as sk
+
+    return [sk.brick(), sk.grass(), sk.gravel(), sk.camera(), sk.moon(), sk.cell(), sk.clock(), sk.coins()]
+
+
+def _patches(
+    images: list[np.ndarray], per_class: int, size: int, columns: tuple[float, float], seed: int
+) -> Split:
+    """Random square windows (a sixth of the shorter side) resized to ``size``; label = source image.
+
+    ``columns`` bounds the windows' horizontal position as shares of the
+    width, so the train and test splits come from disjoint parts of each image.
+    """
+    rng = np.random.default_rng(seed)
+    out, labels = [], []
+    for label, image in enumerate(images):
+        array = torch.tensor(image, dtype=torch.float32) / 255.0
+        array = array.permute(2, 0, 1) if array.dim() == 3 else array.unsqueeze(0)  # (C, H, W)
+        _, height, width = array.shape
+        window = max(size, min(height, width) // 6)
+        left_min, left_max = int(columns[0] * width), int(columns[1] * width) - window
+        for _ in range(per_class):
+            top = int(rng.integers(0, height - window + 1))
+            left = int(rng.integers(left_min, max(left_min, left_max) + 1))
+            crop = array[:, top : top + window, left : left + window].unsqueeze(0)
+            out.append(F.interpolate(crop, size=(size, size), mode="area")[0])
+            labels.append(label)
+    return torch.stack(out), torch.tensor(labels, dtype=torch.long)
+
+
+def patch_set(images: list[np.ndarray], train_per_class: int, test_per_class: int) -> tuple[Split, Split]:
+    """Train windows from the left 65% of each image, test windows from the right 30%."""
+    x_train, y_train = _patches(images, train_per_class, 32, (0.0, 0.65), seed=1)
+    x_test, y_test = _patches(images, test_per_class, 32, (0.70, 1.0), seed=2)
+    x_train, x_test = _standardise(x_train, x_test, dims=(0, 2, 3))
+    return (x_train, y_train), (x_test, y_test)
+
+
+# --------------------------------------------------------------------------
+# Training
+
+
+def _augment_images(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and shifts of up to 2 pixels (per batch)."""
+    if torch.rand((), generator=generator) < 0.5:
+        x = x.flip(3)
+    dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=generator))
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
+def train_classifier(
+    model: nn.Module,
+    train: Split,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    learning_rate: float = 2e-3,
+    augment: bool = False,
+    seed: int = 0,
+) -> nn.Module:
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    x, y = train
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            index = order[start : start + batch_size]
+            if len(index) < 2:
+                continue
+            inputs = x[index]
+            if augment:
+                inputs = _augment_images(inputs, generator)
+            loss = F.cross_entropy(model(inputs), y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return model.eval()
+
+
+# --------------------------------------------------------------------------
+# The suite
+
+
+@dataclass(frozen=True)
+class Member:
+    """One suite teacher: how it is built, and what it is."""
+
+    name: str
+    description: str
+    input_shape: tuple[int, ...]
+    export: str  # "script" or "trace"
+    batchnorm: bool
+    # Students at a fixed compression (the paper's layers and ranks; for vector
+    # teachers one where Tucker alone loses at least 5 points), scored beside
+    # the compression `default` chooses: (label, CompressionSpec fields).
+    fixed_students: tuple[tuple[str, dict[str, Any]], ...] = ()
+    needs_shared: bool = False
+
+
+@dataclass(frozen=True)
+class Teacher:
+    member: Member
+    path: Path  # the TorchScript file a user would upload
+    test: Split
+    accuracy: float
+    parameters: int
+
+
+Builder = Callable[[], tuple[nn.Module, Split]]
+
+
+def _build_digits_bnres() -> tuple[nn.Module, Split]:
+    train, test = digits_images(16)
+    model = train_classifier(BnResidualCnn(), train, epochs=30, augment=False)
+    return model, test
+
+
+def _build_photos(model: nn.Module, epochs: int) -> tuple[nn.Module, Split]:
+    train, test = patch_set(_colour_photos(), train_per_class=600, test_per_class=200)
+    return train_classifier(model, train, epochs=epochs, augment=True), test
+
+
+def _build_textures() -> tuple[nn.Module, Split]:
+    train, test = patch_set(_grey_textures(), train_per_class=600, test_per_class=200)
+    return train_classifier(PlainCnn(1, 8), train, epochs=12, augment=True, learning_rate=1.5e-3), test
+
+
+def _build_digits_mlp() -> tuple[nn.Module, Split]:
+    train, test = digits_vectors()
+    return train_classifier(Mlp(64, (256, 256), 10, batchnorm=False), train, epochs=60), test
+
+
+def _build_synth(
+    features: int, informative: int, classes: int, hidden: tuple[int, ...], bn: bool, seed: int
+) -> tuple[nn.Module, Split]:
+    train, test = synthetic_vectors(features, informative, classes, seed)
+    model = train_classifier(Mlp(features, hidden, classes, batchnorm=bn), train, epochs=40)
+    return model, test
+
+
+def _build_lenet5() -> tuple[nn.Module, Split]:
+    shared = default_shared()
+    model = load_paper_teacher(shared / "teachers" / "kegnet" / "mnist.pth.tar")
+    return model, mnist_test_set(shared / "datasets" / "mnist")
+
+
+MEMBERS: dict[str, tuple[Member, Builder]] = {
+    member.name: (member, builder)
+    for member, builder in [
+        (
+            Member(
+                "lenet5-mnist",
+                "the paper's LeNet5 on MNIST (../shared), 1x32x32",
+                (1, 32, 32),
+                "script",
+                batchnorm=False,
+                fixed_students=(
+                    ("student 1", {"layers": ("conv3",), "ranks": "evbmf"}),
+                    ("student 2", {"layers": ("conv2", "conv3"), "ranks": "evbmf"}),
+                ),
+                needs_shared=True,
+            ),
+            _build_lenet5,
+        ),
+        (
+            Member(
+                "digits-bnres",
+                "BatchNorm + residual CNN, scikit-learn digits at 1x16x16",
+                (1, 16, 16),
+                "trace",
+                True,
+            ),
+            _build_digits_bnres,
+        ),
+        (
+            Member(
+                "photos-vgg",
+                "VGG-style BatchNorm CNN, 10 colour photographs' patches, 3x32x32",
+                (3, 32, 32),
+                "trace",
+                True,
+            ),
+            lambda: _build_photos(VggBn(3, 10), epochs=15),
+        ),
+        (
+            Member(
+                "photos-resnet14",
+                "the paper's ResNet14 on the same colour patches, 3x32x32",
+                (3, 32, 32),
+                "script",
+                True,
+            ),
+            lambda: _build_photos(ResNet14(3, 10), epochs=15),
+        ),
+        (
+            Member(
+                "textures-cnn",
+                "CNN without BatchNorm, 8 grey textures and photographs' patches, 1x32x32",
+                (1, 32, 32),
+                "trace",
+                False,
+            ),
+            _build_textures,
+        ),
+        (
+            Member(
+                "digits-mlp",
+                "MLP 64-256-256-10, scikit-learn digits as 64 features",
+                (64,),
+                "script",
+                False,
+                fixed_students=(("rank 6", {"layers": ("layers.2",), "ranks": {"layers.2": (6, 6)}}),),
+            ),
+            _build_digits_mlp,
+        ),
+        (
+            Member(
+                "synth-bn-mlp",
+                "MLP with BatchNorm, 40 features, 10 classes (make_classification)",
+                (40,),
+                "trace",
+                True,
+                fixed_students=(("3x", {"layers": ("layers.0", "layers.3"), "target_ratio": 3.0}),),
+            ),
+            lambda: _build_synth(40, 32, 10, (256, 256), bn=True, seed=11),
+        ),
+        (
+            Member(
+                "synth-mlp",
+                "MLP 30-192-192-192-8, 8 classes (make_classification)",
+                (30,),
+                "script",
+                False,
+                fixed_students=(("6x", {"target_ratio": 6.0}),),
+            ),
+            lambda: _build_synth(30, 24, 8, (192, 192, 192), bn=False, seed=12),
+        ),
+    ]
+}
+
+
+def _export(model: nn.Module, member: Member, example: torch.Tensor, path: Path) -> None:
+    model = model.eval()
+    script = torch.jit.script(model) if member.export == "script" else torch.jit.trace(model, example)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    script.save(str(path))
+
+
+def available(names: list[str] | None = None) -> list[str]:
+    """Suite member names, in order, without those whose ../shared files are absent."""
+    chosen = names or list(MEMBERS)
+    unknown = sorted(set(chosen) - set(MEMBERS))
+    if unknown:
+        raise ValueError(f"unknown suite members {unknown}; choose from {list(MEMBERS)}")
+    shared_ok = (default_shared() / "teachers" / "kegnet" / "mnist.pth.tar").exists()
+    return [name for name in chosen if shared_ok or not MEMBERS[name][0].needs_shared]
+
+
+def load_teacher(name: str, cache: Path | None = None) -> Teacher:
+    """The cached teacher and its test split, training and caching it first if needed."""
+    member, builder = MEMBERS[name]
+    folder = (cache or default_cache()) / f"v{CACHE_VERSION}" / name
+    path, test_path, meta_path = folder / "teacher.pt", folder / "test.pt", folder / "meta.json"
+    if not (path.exists() and test_path.exists() and meta_path.exists()):
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        model, test = builder()
+        example = test[0][:2]
+        _export(model, member, example, path)
+        torch.save({"x": test[0], "y": test[1]}, test_path)
+        score = accuracy(torch.jit.load(str(path)), test[0], test[1])
+        meta = {
+            "member": asdict(member),
+            "accuracy": score,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+        meta_path.write_text(json.dumps(meta, indent=2))
+    data = torch.load(test_path, weights_only=True)
+    meta = json.loads(meta_path.read_text())
+    return Teacher(member, path, (data["x"], data["y"]), meta["accuracy"], meta["parameters"])
+
+
+def score(model: nn.Module, teacher: Teacher) -> float:
+    """Real accuracy in [0, 1] on the teacher's held-out test split."""
+    return accuracy(model, teacher.test[0], teacher.test[1])
+
+
+if __name__ == "__main__":
+    import sys
+    import time
+
+    for name in available(sys.argv[1:] or None):
+        started = time.perf_counter()
+        teacher = load_teacher(name)
+        print(
+            f"{name}: {teacher.accuracy:.2%} on {len(teacher.test[1])} test inputs, "
+            f"{teacher.parameters:,} parameters, {time.perf_counter() - started:.0f} s"
+        )

@@ -1,0 +1,78 @@
+"""How good the student is, judged without data: agreement with the teacher, and whether it means anything.
+
+The report's headline figure is an estimate of the real accuracy the
+student loses: its top-1 disagreement with the teacher on held-out probe
+inputs that no training step saw.  That is only evidence about real inputs
+when the probes look like inputs the teacher knows; on noise a teacher tends
+to answer one class for everything, and a student that answers the same
+"agrees" perfectly while being useless.  So the estimate is withheld, and
+the report says why, when the teacher's answers on the probes are not spread
+over its classes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from kegnet_core.distill import agreement, teacher_logits
+from kegnet_core.report import Agreement, Quality
+
+# The teacher's classes on the probes must be this spread (normalised entropy)
+# for disagreement there to stand for disagreement on real inputs.
+MIN_CLASS_BALANCE = 0.9
+
+
+def class_balance(classes: torch.Tensor, n_classes: int) -> float:
+    """Entropy of the class histogram over log(n_classes): 1 when even, 0 when all one class."""
+    counts = torch.bincount(classes.flatten().cpu(), minlength=n_classes).double()
+    shares = counts / counts.sum().clamp_min(1)
+    entropy = float(-(shares[shares > 0] * shares[shares > 0].log()).sum())
+    return entropy / math.log(n_classes) if n_classes > 1 else 1.0
+
+
+class Probe:
+    """Held-out inputs and the teacher's answers on them."""
+
+    def __init__(self, teacher: nn.Module, inputs: torch.Tensor, source: str, n_classes: int) -> None:
+        self.inputs = inputs
+        self.source = source
+        self.classes = teacher_logits(teacher, inputs).argmax(1)
+        self.balance = class_balance(self.classes, n_classes)
+
+    def agreement(self, model: nn.Module) -> float:
+        return agreement(model, self.inputs, self.classes)
+
+
+def assess(probe: Probe, student_agreement: float, tucker_agreement: float) -> tuple[Agreement, Quality]:
+    """The report's agreement block and its quality estimate from one probe set."""
+    block = Agreement(
+        student_vs_teacher=round(student_agreement, 5),
+        tucker_only_vs_teacher=round(tucker_agreement, 5),
+        samples=len(probe.inputs),
+        source=probe.source,
+    )
+    trusted = probe.balance >= MIN_CLASS_BALANCE
+    if trusted:
+        reason = (
+            f"top-1 disagreement with the teacher on {len(probe.inputs)} held-out {probe.source} inputs, "
+            f"over which the teacher's classes are spread (balance {probe.balance:.2f})"
+        )
+    else:
+        reason = (
+            f"cannot tell: the teacher puts the {len(probe.inputs)} {probe.source} probe inputs mostly in "
+            f"a few classes (balance {probe.balance:.2f} < {MIN_CLASS_BALANCE}), so agreement there says "
+            "little about real inputs"
+        )
+    quality = Quality(
+        estimated_loss=round(100 * (1 - student_agreement), 2) if trusted else None,
+        tucker_only_estimated_loss=round(100 * (1 - tucker_agreement), 2) if trusted else None,
+        trusted=trusted,
+        reason=reason,
+        probe_source=probe.source,
+        probe_samples=len(probe.inputs),
+        class_balance=round(probe.balance, 4),
+    )
+    return block, quality

@@ -1,0 +1,118 @@
+"""The report of a run: one typed model, written as ``report.json`` and stored on the job row.
+
+The pipeline's stages fill it, the worker stores it, the API returns it in
+``JobPublic.report`` and the CLI prints its summary.  Torch-free, so the API
+and the CLI read it without loading the core.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LayerReport(_Model):
+    """One factorised layer."""
+
+    name: str
+    kind: str  # "conv2d" or "linear"
+    weight_shape: list[int]
+    ranks: list[int]  # [out_rank, in_rank]
+    params_before: int
+    params_after: int
+
+
+class Agreement(_Model):
+    """Top-1 agreement of student and Tucker-only student with the teacher on fresh samples."""
+
+    student_vs_teacher: float
+    tucker_only_vs_teacher: float
+    samples: int
+    source: str
+
+
+class Quality(_Model):
+    """The report's estimate of how much real accuracy the student loses, or why it cannot tell.
+
+    ``estimated_loss`` is in percentage points of top-1 accuracy; it is null
+    when the probe inputs say nothing about real inputs (``trusted`` false,
+    ``reason`` says why).
+    """
+
+    estimated_loss: float | None
+    tucker_only_estimated_loss: float | None
+    trusted: bool
+    reason: str
+    probe_source: str
+    probe_samples: int
+    class_balance: float = Field(description="normalised entropy of the teacher's classes on the probes")
+    details: dict[str, float] = Field(default_factory=dict)
+
+
+class Latency(_Model):
+    before: dict[str, float]
+    after: dict[str, float]
+
+
+class Artifacts(_Model):
+    """File names of what the run wrote (see :mod:`kegnet_core.artifacts`)."""
+
+    student: str | None = None
+    report: str | None = None
+    generators: list[str] = Field(default_factory=list)
+    samples: list[str] = Field(default_factory=list)
+    latent_walk: str | None = None
+
+
+class Report(_Model):
+    kegnet_version: str
+    created_at: str
+    task: str
+    spec: dict[str, Any]
+    recipe: dict[str, Any]
+    device: str
+    input_shape: list[int]
+    n_classes: int
+    params_before: int
+    file_size_before: int
+    teacher: dict[str, Any] = Field(
+        default_factory=dict, description="what the teacher shows: its layers, BatchNorm, classes"
+    )
+    history: dict[str, Any] = Field(default_factory=dict)
+    artifacts: Artifacts = Field(default_factory=Artifacts)
+    timings_s: dict[str, float] = Field(default_factory=dict)
+    # Compress jobs only:
+    params_after: int | None = None
+    compression_ratio: float | None = None
+    layers: list[LayerReport] = Field(default_factory=list)
+    ranks: dict[str, list[int]] = Field(default_factory=dict)
+    file_size_after: int | None = None
+    macs_before: int | None = None
+    macs_after: int | None = None
+    agreement: Agreement | None = None
+    quality: Quality | None = None
+    latency_ms: Latency | None = None
+
+    @field_serializer("history")
+    def _finite_history(self, history: dict[str, Any]) -> Any:
+        return _finite(history)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2, exclude_none=False)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value

@@ -1,0 +1,186 @@
+"""The one job spec: what a user asks for, validated once, for the API, the CLI and the core.
+
+:class:`CompressionSpec` is a frozen pydantic model with ``extra="forbid"``.
+The API takes it as the ``spec`` form field (its JSON schema is in
+``/openapi.json``, where the dashboard reads the allowed values), the CLI
+builds it from options, and the pipeline runs it.  What can be checked
+without the model is checked here; what needs the model (layer names,
+explicit ranks against channel counts) is checked by the stages, which raise
+:class:`~kegnet_core.errors.SpecError` naming the field.
+
+This module imports nothing heavy: the API uses it without torch.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from kegnet_core.config import Recipe, get_recipe
+from kegnet_core.errors import SpecError
+
+
+class Prior(StrEnum):
+    """Where the student's training samples come from (the keys of the sample-source registry)."""
+
+    KEGNET = "kegnet"
+    UNIFORM = "uniform"
+    GAUSSIAN = "gaussian"
+    STROKES = "strokes"
+    NONE = "none"
+
+
+class PresetName(StrEnum):
+    QUICK = "quick"
+    DEFAULT = "default"
+    PAPER = "paper"
+
+
+class Task(StrEnum):
+    COMPRESS = "compress"
+    EXTRACT = "extract"
+
+
+class Stage(StrEnum):
+    """The stages of a run, in the order they run (extract jobs skip compressing and distilling)."""
+
+    VALIDATING = "validating"
+    EXTRACTING = "extracting"
+    COMPRESSING = "compressing"
+    DISTILLING = "distilling"
+    EXPORTING = "exporting"
+
+
+def _no_bool(value: Any) -> Any:
+    """JSON ``true`` is not a number: refuse it where a number is expected."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number here")
+    return value
+
+
+Fraction = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=1)]
+RankPair = tuple[Annotated[StrictInt, Field(gt=0)], Annotated[StrictInt, Field(gt=0)]]
+OverrideValue = StrictInt | float | bool | None | list[StrictInt]
+
+
+class CompressionSpec(BaseModel):
+    """What to do with an uploaded classifier. Only ``input_shape`` is required."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+    input_shape: tuple[Annotated[StrictInt, Field(gt=0, le=65_536)], ...] = Field(
+        ..., description="C, H, W of one image, or D of a feature vector", examples=[[1, 32, 32]]
+    )
+    layers: tuple[Annotated[str, Field(min_length=1, max_length=200)], ...] | None = Field(
+        None,
+        min_length=1,
+        description="module paths to factorise; null: every layer that gets smaller except the first "
+        "and the output layer",
+    )
+    ranks: Literal["evbmf"] | Fraction | dict[str, RankPair] = Field(
+        "evbmf", description="'evbmf', a keep fraction in (0, 1], or {layer: [out_rank, in_rank]}"
+    )
+    target_ratio: Annotated[float, BeforeValidator(_no_bool), Field(gt=1)] | None = Field(
+        None, description="choose ranks so the whole model shrinks at least this much"
+    )
+    prior: Prior = Field(
+        Prior.KEGNET,
+        description="training samples: KegNet generators (the preset's recipe, which may mix in other "
+        "sources), U(-1,1), N(0,1), random pen strokes alone, or none (Tucker only)",
+    )
+    preset: PresetName = PresetName.DEFAULT
+    seed: Annotated[StrictInt, Field(ge=0, lt=2**31)] = 0
+    task: Task = Field(Task.COMPRESS, description="'extract' trains the generators only")
+    overrides: dict[str, OverrideValue] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="recipe settings over the preset's, e.g. {'distill.steps': 500}",
+        examples=[{"distill.steps": 500}],
+    )
+
+    @field_validator("input_shape")
+    @classmethod
+    def _image_or_vector(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) not in (1, 3):
+            raise ValueError(f"must be [C, H, W] or [D], got {list(shape)}")
+        return shape
+
+    @field_validator("ranks")
+    @classmethod
+    def _ranks_name_layers(cls, ranks: Any) -> Any:
+        if isinstance(ranks, dict) and not ranks:
+            raise ValueError("explicit ranks need at least one layer")
+        return ranks
+
+    @model_validator(mode="after")
+    def _fits(self) -> CompressionSpec:
+        # Imported here: the registry names which priors need images.
+        if self.prior is Prior.STROKES and len(self.input_shape) != 3:
+            raise SpecError("prior 'strokes' draws images: it needs input_shape [C, H, W]", field="prior")
+        try:
+            self.recipe()
+        except (ValueError, TypeError) as exc:
+            raise SpecError(str(exc), field="overrides") from exc
+        return self
+
+    def recipe(self) -> Recipe:
+        """The preset's recipe with the ``overrides`` applied."""
+        return get_recipe(self.preset.value, self.overrides)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The spec as the JSON object the API stores and returns."""
+        return self.model_dump(mode="json")
+
+
+def parse_spec(data: Any) -> CompressionSpec:
+    """A spec from its JSON form (dict), raising :class:`SpecError` that names the first bad field."""
+    if not isinstance(data, dict):
+        raise SpecError("the spec must be a JSON object", field=None)
+    try:
+        return CompressionSpec.model_validate(data)
+    except ValidationError as exc:
+        raise spec_error(exc) from None
+
+
+def parse_spec_json(text: str | bytes) -> CompressionSpec:
+    """A spec from JSON text, raising :class:`SpecError` that names the first bad field."""
+    try:
+        return CompressionSpec.model_validate_json(text)
+    except ValidationError as exc:
+        raise spec_error(exc) from None
+
+
+def spec_error(exc: ValidationError) -> SpecError:
+    """The first problem of a validation error as a :class:`SpecError` with its field path."""
+    first = exc.errors()[0]
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, SpecError):
+        return cause
+    parts = [str(part) for part in first["loc"]]
+    field = parts[0] if parts else None  # the spec's own field; the rest goes into the message
+    inner = [part for part in parts[1:] if not _is_type_tag(part)]
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        message = "is required" + (", e.g. [1, 32, 32]" if field == "input_shape" else "")
+    elif inner:
+        message = f"at {'.'.join(inner)}: {message}"
+    return SpecError(message, field=field)
+
+
+def _is_type_tag(part: str) -> bool:
+    return (
+        part in ("float", "int", "str", "bool", "none", "list[int]")
+        or "[" in part
+        or part.startswith(("literal", "function-", "constrained"))
+    )

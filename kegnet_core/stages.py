@@ -1,0 +1,290 @@
+"""The stages of a run, as plain functions with explicit arguments.
+
+``validate`` loads the teacher and plans the compression; ``extract`` draws
+the teacher's knowledge out (generators, synthesised inputs); ``compress``
+swaps the planned layers for their Tucker factors; ``distill`` fine-tunes the
+student on samples; ``export`` writes the artifacts.  Each returns what the
+next needs; :mod:`kegnet_core.pipeline` composes them into the ``compress``
+and ``extract`` pipelines, and times them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+
+from kegnet_core import artifacts as files
+from kegnet_core.config import Recipe
+from kegnet_core.distill import DistillResult, distill_student
+from kegnet_core.errors import ModelRunError, SpecError
+from kegnet_core.export import save_generator, save_student
+from kegnet_core.extraction import TrainedGenerator, extract_generators
+from kegnet_core.images import latent_walk, sample_grid, save_png
+from kegnet_core.inspection import batch_norm_stats
+from kegnet_core.loading import load_classifier
+from kegnet_core.measure import count_macs, cpu_latency_ms, parameter_count
+from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
+from kegnet_core.report import Artifacts, Latency, LayerReport
+from kegnet_core.sampling import seeded_init
+from kegnet_core.sandbox import SandboxLimits, check_model_in_sandbox
+from kegnet_core.sources import SourceContext, build_source, needs_generators
+from kegnet_core.spec import CompressionSpec, Prior, Stage, Task
+from kegnet_core.synthesis import synthesise
+from kegnet_core.tucker import CompressionPlan, apply_plan, plan_compression
+
+
+@dataclass
+class Validated:
+    """The loaded teacher, what it shows, and (compress jobs) the compression plan."""
+
+    teacher: fx.GraphModule
+    input_shape: tuple[int, ...]
+    n_classes: int
+    batch_norms: int
+    macs: int
+    plan: CompressionPlan | None = None
+
+    def facts(self) -> dict[str, int]:
+        return {"batch_norm_layers": self.batch_norms, "macs": self.macs, "classes": self.n_classes}
+
+
+@dataclass
+class Extracted:
+    """What extraction drew from the teacher: generators (with snapshots) and synthesised inputs."""
+
+    generators: list[TrainedGenerator] = field(default_factory=list)
+    synthesised: torch.Tensor | None = None
+    history: dict[str, object] = field(default_factory=dict)
+
+
+def offset_progress(progress: ProgressCallback, offset: int, total: int) -> ProgressCallback:
+    """A callback that places a sub-task's steps at ``offset`` within a stage of ``total`` steps."""
+
+    def placed(event: ProgressEvent) -> None:
+        progress(replace(event, step=offset + event.step, total=total))
+
+    return placed
+
+
+def _class_count(teacher: nn.Module, input_shape: Sequence[int], device: torch.device) -> int:
+    with torch.no_grad():
+        logits = teacher(torch.randn(4, *input_shape, device=device))
+    if logits.dim() != 2 or logits.size(1) < 2:
+        raise ModelRunError(
+            f"a classifier must return (batch, classes) scores with at least 2 classes; "
+            f"on input_shape {list(input_shape)} the model returns {tuple(logits.shape)}",
+        )
+    if not torch.isfinite(logits).all():
+        raise ModelRunError(f"the model returns non-finite scores on input_shape {list(input_shape)}")
+    return int(logits.size(1))
+
+
+def validate(
+    model_path: Path, spec: CompressionSpec, *, device: torch.device, sandbox: SandboxLimits | None = None
+) -> Validated:
+    """Load the teacher (first in a limited child process, with ``sandbox``), count its classes,
+    and for compress jobs plan which layers to factorise at which ranks."""
+    input_shape = tuple(int(size) for size in spec.input_shape)
+    if sandbox is not None:
+        check_model_in_sandbox(str(model_path), input_shape, sandbox)
+    teacher = load_classifier(model_path, input_shape)
+    macs = count_macs(teacher, input_shape)
+    teacher = teacher.to(device).eval()
+    validated = Validated(
+        teacher=teacher,
+        input_shape=input_shape,
+        n_classes=_class_count(teacher, input_shape, device),
+        batch_norms=len(batch_norm_stats(teacher)),
+        macs=macs,
+    )
+    if spec.task is Task.COMPRESS:
+        plan = plan_compression(
+            teacher,
+            layers=list(spec.layers) if spec.layers is not None else None,
+            ranks=spec.ranks,
+            target_ratio=spec.target_ratio,
+        )
+        if not plan.layers:
+            raise SpecError("no layer would get smaller; name layers or lower the ranks", field="layers")
+        validated.plan = plan
+    return validated
+
+
+def extract(
+    validated: Validated,
+    spec: CompressionSpec,
+    recipe: Recipe,
+    *,
+    device: torch.device,
+    progress: ProgressCallback = ignore_progress,
+    previews: bool = False,
+) -> Extracted:
+    """Train the recipe's generators and synthesise its inputs, as far as the job needs them.
+
+    Extract jobs train generators only, without snapshots (those only feed
+    distillation); compress jobs train what their prior's source draws from.
+    """
+    extracted = Extracted()
+    extraction = recipe.extraction
+    want_generators = spec.task is Task.EXTRACT or needs_generators(spec.prior)
+    synthesis = recipe.synthesis
+    want_synthesis = spec.task is Task.COMPRESS and spec.prior is Prior.KEGNET and synthesis.samples > 0
+    if spec.task is Task.EXTRACT:
+        extraction = replace(extraction, snapshot_every=0)
+    synthesis_steps = -(-synthesis.samples // synthesis.batch_size) * synthesis.steps if want_synthesis else 0
+    generator_steps = extraction.generators * extraction.steps if want_generators else 0
+    total = synthesis_steps + generator_steps
+    if want_synthesis:
+        rng = torch.Generator(device).manual_seed(spec.seed + 31337)
+        extracted.synthesised = synthesise(
+            validated.teacher,
+            validated.input_shape,
+            validated.n_classes,
+            synthesis,
+            rng=rng,
+            progress=offset_progress(progress, 0, total),
+        )
+    if want_generators:
+        extracted.generators = extract_generators(
+            validated.teacher,
+            input_shape=validated.input_shape,
+            n_classes=validated.n_classes,
+            config=extraction,
+            seed=spec.seed,
+            device=device,
+            progress=offset_progress(progress, synthesis_steps, total),
+            previews=previews,
+        )
+        extracted.history["extraction"] = [trained.history for trained in extracted.generators]
+    return extracted
+
+
+def compress(validated: Validated, recipe: Recipe, seed: int) -> nn.Module:
+    """The teacher with each planned layer swapped for its Tucker-2 twin (a new module)."""
+    assert validated.plan is not None, "compress needs a plan from validate"
+    with seeded_init(seed):
+        return apply_plan(validated.teacher, validated.plan, n_iter_max=recipe.tucker_iterations, seed=seed)
+
+
+def source_context(validated: Validated, extracted: Extracted, recipe: Recipe) -> SourceContext:
+    return SourceContext(
+        input_shape=validated.input_shape,
+        n_classes=validated.n_classes,
+        sampling=recipe.sampling,
+        noise_dim=recipe.extraction.noise_dim,
+        generators=extracted.generators,
+        synthesised=extracted.synthesised,
+    )
+
+
+def distill(
+    student: nn.Module,
+    validated: Validated,
+    extracted: Extracted,
+    spec: CompressionSpec,
+    recipe: Recipe,
+    *,
+    device: torch.device,
+    progress: ProgressCallback = ignore_progress,
+) -> DistillResult | None:
+    """Fine-tune ``student`` in place on the prior's samples; nothing for ``Prior.NONE``."""
+    if spec.prior is Prior.NONE:
+        return None
+    assert validated.plan is not None
+    config = recipe.distill if spec.prior is Prior.KEGNET else recipe.baseline_distill
+    source = build_source(spec.prior, source_context(validated, extracted, recipe), trajectory=True)
+    rng = torch.Generator(device).manual_seed(spec.seed + 7919)
+    return distill_student(
+        student,
+        validated.teacher,
+        source,
+        config,
+        rng=rng,
+        matched_layers=[layer.name for layer in validated.plan.layers],
+        progress=progress,
+    )
+
+
+def export_generators(
+    extracted: Extracted, validated: Validated, recipe: Recipe, layout: files.Layout
+) -> Artifacts:
+    """Each generator as TorchScript with its sample grid, and a latent walk of the first.
+
+    The names recorded are the files as ``layout`` named them.
+    """
+    written = Artifacts()
+    if not extracted.generators:
+        return written
+    noise_dim, n_classes, shape = recipe.extraction.noise_dim, validated.n_classes, validated.input_shape
+    for index, trained in enumerate(extracted.generators):
+        model_path = save_generator(
+            trained.generator, layout.path(files.generator_file(index)), n_classes, noise_dim
+        )
+        written.generators.append(model_path.name)
+        grid = sample_grid(trained.generator, n_classes, noise_dim, shape, seed=index)
+        written.samples.append(save_png(grid, layout.path(files.samples_file(index))).name)
+    walk = latent_walk(extracted.generators[0].generator, n_classes, noise_dim, shape)
+    written.latent_walk = save_png(walk, layout.path(files.LATENT_WALK.file)).name
+    return written
+
+
+@dataclass
+class Exported:
+    artifacts: Artifacts
+    params_after: int
+    file_size_after: int
+    macs_after: int
+    layers: list[LayerReport]
+    latency: Latency | None
+
+
+def export_student(
+    student: nn.Module,
+    model_path: Path,
+    validated: Validated,
+    layout: files.Layout,
+    *,
+    measure_latency: bool = True,
+) -> Exported:
+    """Script and save the student (checked against the trained one); measure its size and speed."""
+    assert validated.plan is not None
+    path = layout.path(files.STUDENT.file)
+    student_script = save_student(student, path, validated.input_shape)
+    latency = None
+    if measure_latency:
+        teacher_script = torch.jit.load(str(model_path), map_location="cpu").eval()
+        latency = Latency(
+            before={
+                f"batch_{b}": round(cpu_latency_ms(teacher_script, validated.input_shape, b), 4)
+                for b in (1, 64)
+            },
+            after={
+                f"batch_{b}": round(cpu_latency_ms(student_script, validated.input_shape, b), 4)
+                for b in (1, 64)
+            },
+        )
+    return Exported(
+        artifacts=Artifacts(student=path.name),
+        params_after=parameter_count(student),
+        file_size_after=path.stat().st_size,
+        macs_after=count_macs(student, validated.input_shape),
+        layers=[
+            LayerReport(
+                name=layer.name,
+                kind=layer.kind,
+                weight_shape=list(layer.weight_shape),
+                ranks=list(layer.ranks),
+                params_before=layer.params_before,
+                params_after=layer.params_after,
+            )
+            for layer in validated.plan.layers
+        ],
+        latency=latency,
+    )
+
+
+STAGE_ORDER = tuple(Stage)

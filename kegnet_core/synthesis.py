@@ -1,0 +1,90 @@
+"""Inputs synthesised directly against the teacher: class evidence plus BatchNorm statistics.
+
+Each input starts as N(0, 1) noise and is optimised (Adam) so that the
+teacher reads it as an assigned class, the classes balanced, and, where the
+teacher has BatchNorm layers, so that the mean and variance of every
+BatchNorm's input over the batch match the running statistics the teacher
+recorded on its real training data (DeepInversion, Yin et al., CVPR 2020;
+ZeroQ, Cai et al., CVPR 2020).  Those statistics are the teacher's own: no
+data set enters.  On a BatchNorm + residual digits CNN factorised to half
+its parameters, a student distilled on 1,024 such inputs scored 99.26%
+against its teacher's 99.44% (Gaussian inputs: 95.37%; docs/design.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from kegnet_core.config import SynthesisConfig
+from kegnet_core.inspection import BatchNormTap, batch_norm_distance
+from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
+
+
+def balanced_classes(count: int, n_classes: int, rng: torch.Generator) -> torch.Tensor:
+    """``count`` class indices, each class as often as the others (within one), shuffled."""
+    classes = torch.arange(count, device=rng.device) % n_classes
+    return classes[torch.randperm(count, generator=rng, device=rng.device)]
+
+
+def smoothness(x: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of neighbouring pixels; 0 for vectors."""
+    if x.dim() != 4:
+        return x.new_zeros(())
+    return (x[:, :, 1:] - x[:, :, :-1]).square().mean() + (x[:, :, :, 1:] - x[:, :, :, :-1]).square().mean()
+
+
+def synthesise(
+    teacher: fx.GraphModule,
+    input_shape: Sequence[int],
+    n_classes: int,
+    config: SynthesisConfig,
+    *,
+    rng: torch.Generator,
+    progress: ProgressCallback = ignore_progress,
+    stage: str = "extracting",
+) -> torch.Tensor:
+    """``config.samples`` inputs optimised against ``teacher``: (samples, *input_shape).
+
+    Batches of ``config.batch_size`` are optimised one after another (each
+    batch's statistics are what BatchNorm matching compares).  Progress is
+    reported per step under ``stage``.
+    """
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    tap = BatchNormTap(teacher)
+    use_statistics = bool(tap.stats) and config.batch_norm_weight > 0
+    device = rng.device
+    batches = [
+        min(config.batch_size, config.samples - start)
+        for start in range(0, config.samples, config.batch_size)
+    ]
+    total = len(batches) * config.steps
+    pool = []
+    for index, size in enumerate(batches):
+        x = torch.randn(size, *input_shape, generator=rng, device=device).requires_grad_(True)
+        target = balanced_classes(size, n_classes, rng)
+        optimizer = torch.optim.Adam([x], lr=config.learning_rate)
+        for step in range(config.steps):
+            logits, features = tap(x)
+            class_loss = F.cross_entropy(logits, target)
+            loss = config.class_weight * class_loss
+            statistics = batch_norm_distance(features, tap.stats) if use_statistics else None
+            if statistics is not None:
+                loss = loss + config.batch_norm_weight * statistics
+            if config.smoothness_weight:
+                loss = loss + config.smoothness_weight * smoothness(x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            done = index * config.steps + step + 1
+            last = step + 1 == config.steps
+            metrics = {"class_loss": float(class_loss.detach())} if last else {}
+            if last and statistics is not None:
+                metrics["batch_norm_distance"] = float(statistics.detach())
+            progress(ProgressEvent(stage, done, total, metrics, "synthesising inputs"))
+        pool.append(x.detach())
+    return torch.cat(pool) if pool else torch.empty(0, *input_shape, device=device)
