@@ -48,7 +48,9 @@ def build_teacher(folder: Path) -> tuple[Path, str]:
 
 
 def time_run(teacher: Path, student: int, preset: str, seed: int, device: str) -> dict[str, Any]:
-    spec = CompressionSpec(input_shape=(1, 32, 32), layers=STUDENTS[student], preset=preset, seed=seed)
+    spec = CompressionSpec(
+        input_shape=(1, 32, 32), layers=STUDENTS[student], ranks="evbmf", preset=preset, seed=seed
+    )
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         report = run(teacher, spec, out, device=device, measure_latency=False)

@@ -81,6 +81,7 @@ def run_row(
     spec = CompressionSpec(
         input_shape=(1, 32, 32),
         layers=STUDENTS[student],
+        ranks="evbmf",
         prior=APPROACHES[approach],
         preset=preset,
         seed=seed,

@@ -28,8 +28,8 @@ def parse_shape(text: str) -> list[int]:
 
 
 def parse_ranks(text: str) -> str | float | dict[str, list[int]]:
-    """``evbmf``, a keep fraction (``0.5``), JSON, or ``conv3=11:7,conv2=4:3``."""
-    if text == "evbmf":
+    """``auto``, ``evbmf``, a keep fraction (``0.5``), JSON, or ``conv3=11:7,conv2=4:3``."""
+    if text in ("auto", "evbmf"):
         return text
     try:
         return float(text)
@@ -50,7 +50,7 @@ def parse_ranks(text: str) -> str | float | dict[str, list[int]]:
             out_rank, in_rank = (int(part) for part in pair.split(":"))
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"--ranks must be evbmf, a fraction, or layer=OUT:IN pairs, got {item!r}"
+                f"--ranks must be auto, evbmf, a fraction, or layer=OUT:IN pairs, got {item!r}"
             ) from None
         ranks[name.strip()] = [out_rank, in_rank]
     return ranks
@@ -64,7 +64,9 @@ def add_spec_options(parser: argparse.ArgumentParser) -> None:
         help="comma-separated module paths to factorise (default: every layer that gets smaller, "
         "except the first and the output layer)",
     )
-    parser.add_argument("--ranks", type=parse_ranks, default="evbmf", help="evbmf | 0.5 | conv3=11:7,...")
+    parser.add_argument(
+        "--ranks", type=parse_ranks, default="auto", help="auto (2x smaller) | evbmf | 0.5 | conv3=11:7,..."
+    )
     parser.add_argument("--target-ratio", type=float, help="choose ranks so the model shrinks this much")
     parser.add_argument(
         "--prior",

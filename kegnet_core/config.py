@@ -102,10 +102,21 @@ class SynthesisConfig:
     class_weight: float = 1.0
     batch_norm_weight: float = 1.0
     smoothness_weight: float = 0.0  # images: squared differences of neighbouring pixels
+    # Held-out inputs synthesised the same way for the report's quality estimate
+    # (teachers with BatchNorm only; never trained on).
+    probe_samples: int = 0
+    # At most this many teacher MACs of forward passes (inputs x steps x MACs per
+    # input, probes included): big teachers get fewer steps (not below
+    # ``min_steps``), then fewer inputs. None: no limit.
+    work_limit: float | None = None
+    min_steps: int = 100
 
     def __post_init__(self) -> None:
         _check_at_least(self, 0, "samples", "class_weight", "batch_norm_weight", "smoothness_weight")
-        _check_positive(self, "steps", "batch_size", "learning_rate")
+        _check_at_least(self, 0, "probe_samples")
+        _check_positive(self, "steps", "batch_size", "learning_rate", "min_steps")
+        if self.work_limit is not None and self.work_limit <= 0:
+            raise ValueError("synthesis.work_limit must be above 0 or null")
 
 
 @dataclass(frozen=True)
@@ -147,15 +158,47 @@ class DistillConfig:
     eval_samples: int = 2048
     patience_evals: int | None = 50  # stop after this many checks without improvement
     min_steps: int = 10_000
+    # At most this many teacher MACs over the whole run (steps x batch x MACs per
+    # input): big teachers get fewer steps, never below ``floor_steps``. None: no limit.
+    work_limit: float | None = None
+    floor_steps: int = 200
 
     def __post_init__(self) -> None:
         _check_positive(self, "steps", "batch_size", "learning_rate", "temperature", "eval_every")
-        _check_positive(self, "eval_samples")
+        _check_positive(self, "eval_samples", "floor_steps")
+        if self.work_limit is not None and self.work_limit <= 0:
+            raise ValueError("distill.work_limit must be above 0 or null")
         _check_at_least(self, 0, "feature_weight", "min_steps")
         if self.pool_batches is not None and self.pool_batches < 1:
             raise ValueError(f"distill.pool_batches must be at least 1 or null, got {self.pool_batches}")
         if self.final_learning_rate is not None and self.final_learning_rate < 0:
             raise ValueError("distill.final_learning_rate must be at least 0 or null")
+
+
+def fit_synthesis(config: SynthesisConfig, macs: int) -> SynthesisConfig:
+    """``config`` with fewer steps, then fewer inputs, so the synthesis stays within its work limit."""
+    inputs = config.samples + config.probe_samples
+    if config.work_limit is None or macs <= 0 or inputs * config.steps * macs <= config.work_limit:
+        return config
+    steps = int(config.work_limit / (inputs * macs))
+    if steps >= config.min_steps:
+        return replace(config, steps=steps)
+    scale = config.work_limit / (inputs * config.min_steps * macs)
+    batch = config.batch_size
+    samples = max(batch, int(config.samples * scale) // batch * batch) if config.samples else 0
+    probes = max(min(batch, config.probe_samples), int(config.probe_samples * scale))
+    return replace(config, steps=config.min_steps, samples=samples, probe_samples=probes)
+
+
+def fit_distillation(config: DistillConfig, macs: int) -> DistillConfig:
+    """``config`` with fewer steps where the whole run would pass its work limit."""
+    if config.work_limit is None or macs <= 0:
+        return config
+    steps = int(config.work_limit / (config.batch_size * macs))
+    if steps >= config.steps:
+        return config
+    steps = max(config.floor_steps, steps)
+    return replace(config, steps=steps, eval_every=min(config.eval_every, steps))
 
 
 @dataclass(frozen=True)
@@ -183,13 +226,19 @@ PAPER = Recipe(
     baseline_distill=DistillConfig(steps=100_000, learning_rate=1e-6),
 )
 
+# Work limits of the default recipe, in teacher multiply-accumulates: on a
+# 2-core CPU (about 65 GMAC/s with backward passes) synthesis stays within about
+# 3 minutes and distillation within about 2, so a teacher of 30 MMACs per input
+# finishes in well under 10 minutes (docs/benchmarks.md, the suite's stage times).
+DEFAULT_SYNTHESIS_WORK = 4e12
+DEFAULT_DISTILL_WORK = 2e12
+
 DEFAULT = Recipe(
     name="default",
-    description="Our recipe: 2 generators x 2,000 steps with the teacher-feature activation loss; "
-    "student on fresh samples, half from snapshots along the generators' training (z scaled by 4), "
-    "half random pen strokes (images only), Adam 1e-4, 2,000 steps.",
-    # activation_weight: generators that also excite the teacher's penultimate
-    # features give samples nearer the data (docs/benchmarks.md, recipe notes).
+    description="Our recipe: 1,024 inputs synthesised against the teacher (its class evidence, and its "
+    "BatchNorm statistics where it has any; 300 Adam steps), 512 more held out as probes for the quality "
+    "estimate; student distilled on them for 1,500 steps of 128 (KL, Adam 1e-3, cosine); big teachers "
+    "get fewer steps within a fixed amount of work.",
     extraction=ExtractionConfig(
         generators=2,
         epochs=20,
@@ -199,34 +248,51 @@ DEFAULT = Recipe(
         snapshot_every=100,
         snapshot_from=300,
     ),
-    # Random pen strokes beside the generators' samples: +2 to 6 points on
-    # the LeNet5 students (docs/design.md, "The stroke prior").
+    synthesis=SynthesisConfig(
+        samples=1024,
+        steps=300,
+        batch_size=256,
+        learning_rate=0.1,
+        probe_samples=512,
+        work_limit=DEFAULT_SYNTHESIS_WORK,
+        min_steps=100,
+    ),
+    # For the kegnet prior: random pen strokes beside the generators' samples
+    # (docs/design.md, "The stroke prior").
     sampling=SamplingConfig(noise_scale=4.0, stroke_share=0.5),
     distill=DistillConfig(
-        steps=2000,
+        steps=1500,
         batch_size=128,
-        learning_rate=1e-4,
+        learning_rate=1e-3,
+        final_learning_rate=0.0,
         temperature=1.0,
         pool_batches=None,
         eval_every=100,
         patience_evals=None,
         min_steps=0,
+        work_limit=DEFAULT_DISTILL_WORK,
+        floor_steps=300,
     ),
     baseline_distill=DistillConfig(
-        steps=2000,
+        steps=1500,
         batch_size=128,
-        learning_rate=1e-4,
+        learning_rate=1e-3,
+        final_learning_rate=0.0,
         pool_batches=None,
         eval_every=100,
         patience_evals=None,
         min_steps=0,
+        work_limit=DEFAULT_DISTILL_WORK,
+        floor_steps=300,
     ),
 )
 
 QUICK = Recipe(
     name="quick",
-    description="Seconds, for tests and demos: 1 small generator run, 60 student steps.",
+    description="Seconds, for tests and demos: 1 small generator run or 128 inputs synthesised in 20 "
+    "steps, 60 student steps.",
     extraction=ExtractionConfig(generators=1, epochs=2, batches_per_epoch=20, batch_size=64),
+    synthesis=SynthesisConfig(samples=128, steps=20, batch_size=64, probe_samples=64, min_steps=10),
     sampling=SamplingConfig(),
     distill=DistillConfig(
         steps=60,

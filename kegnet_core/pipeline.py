@@ -26,7 +26,7 @@ from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progres
 from kegnet_core.quality import Probe, assess
 from kegnet_core.report import Artifacts, Report
 from kegnet_core.sandbox import SandboxLimits
-from kegnet_core.sources import build_source
+from kegnet_core.sources import build_source, resolve_prior
 from kegnet_core.spec import CompressionSpec, Prior, Stage, Task
 
 VERSION = "0.2.0"
@@ -161,7 +161,7 @@ def _compress_pipeline(
 ) -> None:
     assert validated.plan is not None
     extracted = stages.Extracted()
-    if spec.prior is Prior.KEGNET:
+    if stages.extraction_work(validated, spec, recipe).anything:
         with clock.stage(Stage.EXTRACTING):
             extracted = stages.extract(
                 validated, spec, recipe, device=device, progress=progress, previews=previews
@@ -176,7 +176,7 @@ def _compress_pipeline(
         )
     probe = _probe(validated, extracted, spec, recipe, device)
     tucker_agreement = probe.agreement(student)
-    if spec.prior is not Prior.NONE:
+    if resolve_prior(spec.prior, validated.batch_norms) is not Prior.NONE:
         with clock.stage(Stage.DISTILLING):
             result = stages.distill(
                 student, validated, extracted, spec, recipe, device=device, progress=progress
@@ -213,9 +213,16 @@ def _probe(
     recipe: Recipe,
     device: torch.device,
 ) -> Probe:
-    """Held-out inputs for the agreement figures: fresh draws from the prior's source
-    (Gaussian for Tucker only), never used in training."""
-    prior = spec.prior if spec.prior is not Prior.NONE else Prior.GAUSSIAN
+    """Held-out inputs for the agreement figures, never trained on: synthesised ones where the
+    extraction made them (matched to the teacher's BatchNorm statistics where it has any), else
+    fresh draws from the prior's source (Gaussian for Tucker only)."""
+    if extracted.probes is not None:
+        matched = validated.batch_norms > 0
+        name = "BatchNorm-matched synthesised" if matched else "synthesised"
+        return Probe(validated.teacher, extracted.probes, name, validated.n_classes, data_like=matched)
+    prior = resolve_prior(spec.prior, validated.batch_norms)
+    if prior is Prior.NONE or (prior is Prior.SYNTHESIS and extracted.synthesised is None):
+        prior = Prior.GAUSSIAN
     source = build_source(prior, stages.source_context(validated, extracted, recipe))
     rng = torch.Generator(device).manual_seed(spec.seed + 104729)
     inputs = source.sample(PROBE_SAMPLES, rng)

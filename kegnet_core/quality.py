@@ -34,11 +34,25 @@ def class_balance(classes: torch.Tensor, n_classes: int) -> float:
 
 
 class Probe:
-    """Held-out inputs and the teacher's answers on them."""
+    """Held-out inputs and the teacher's answers on them.
 
-    def __init__(self, teacher: nn.Module, inputs: torch.Tensor, source: str, n_classes: int) -> None:
+    ``data_like`` says the inputs were made to match statistics of the
+    teacher's real training data (its BatchNorm running means and variances);
+    only such probes can stand for real inputs.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        inputs: torch.Tensor,
+        source: str,
+        n_classes: int,
+        *,
+        data_like: bool = False,
+    ) -> None:
         self.inputs = inputs
         self.source = source
+        self.data_like = data_like
         self.classes = teacher_logits(teacher, inputs).argmax(1)
         self.balance = class_balance(self.classes, n_classes)
 
@@ -54,11 +68,17 @@ def assess(probe: Probe, student_agreement: float, tucker_agreement: float) -> t
         samples=len(probe.inputs),
         source=probe.source,
     )
-    trusted = probe.balance >= MIN_CLASS_BALANCE
+    balanced = probe.balance >= MIN_CLASS_BALANCE
+    trusted = balanced and probe.data_like
     if trusted:
         reason = (
             f"top-1 disagreement with the teacher on {len(probe.inputs)} held-out {probe.source} inputs, "
             f"over which the teacher's classes are spread (balance {probe.balance:.2f})"
+        )
+    elif not probe.data_like:
+        reason = (
+            f"cannot tell: the teacher has no BatchNorm statistics to make probe inputs like its real "
+            f"ones, and agreement on {probe.source} inputs says little about real inputs"
         )
     else:
         reason = (
@@ -74,5 +94,9 @@ def assess(probe: Probe, student_agreement: float, tucker_agreement: float) -> t
         probe_source=probe.source,
         probe_samples=len(probe.inputs),
         class_balance=round(probe.balance, 4),
+        details={
+            "probe_disagreement": round(100 * (1 - student_agreement), 2),
+            "tucker_only_probe_disagreement": round(100 * (1 - tucker_agreement), 2),
+        },
     )
     return block, quality

@@ -206,6 +206,7 @@ class SourceContext:
     n_classes: int
     sampling: SamplingConfig
     noise_dim: int = 10
+    batch_norms: int = 0  # BatchNorm layers the teacher has (kegnet_core.inspection)
     generators: Sequence[object] = field(default_factory=list)  # extraction.TrainedGenerator
     synthesised: torch.Tensor | None = None
 
@@ -233,9 +234,16 @@ def _kegnet(context: SourceContext, trajectory: bool) -> SampleSource:
     return source
 
 
+def _synthesis(context: SourceContext, _trajectory: bool) -> SampleSource:
+    if context.synthesised is None or len(context.synthesised) == 0:
+        raise ValueError("the synthesis prior needs synthesised inputs")
+    return PoolSource(context.synthesised, "synthesis")
+
+
 SourceFactory = Callable[[SourceContext, bool], SampleSource]
 
 REGISTRY: dict[Prior, SourceFactory] = {
+    Prior.SYNTHESIS: _synthesis,
     Prior.KEGNET: _kegnet,
     Prior.UNIFORM: lambda context, _trajectory: UniformSource(context.input_shape),
     Prior.GAUSSIAN: lambda context, _trajectory: GaussianSource(context.input_shape),
@@ -243,16 +251,30 @@ REGISTRY: dict[Prior, SourceFactory] = {
 }
 
 
+def resolve_prior(prior: Prior, batch_norms: int) -> Prior:
+    """The prior a run uses: ``auto`` becomes ``synthesis``, whose inputs match the teacher's
+    BatchNorm statistics where it has any and otherwise only its class evidence
+    (docs/design.md, "The default recipe"); any other prior is itself."""
+    if prior is not Prior.AUTO:
+        return prior
+    return Prior.SYNTHESIS
+
+
 def needs_generators(prior: Prior) -> bool:
     """Whether the prior's source is built from trained generators."""
     return prior is Prior.KEGNET
 
 
-def build_source(prior: Prior, context: SourceContext, *, trajectory: bool = False) -> SampleSource:
-    """The sample source of ``prior``; ``trajectory`` uses generator snapshots where there are any.
+def needs_synthesis(prior: Prior) -> bool:
+    """Whether the prior's source is built from inputs synthesised against the teacher."""
+    return prior is Prior.SYNTHESIS
 
-    ``Prior.NONE`` (Tucker only) trains on nothing and has no source.
+
+def build_source(prior: Prior, context: SourceContext, *, trajectory: bool = False) -> SampleSource:
+    """The sample source of a resolved ``prior``; ``trajectory`` uses generator snapshots where
+    there are any.  ``Prior.NONE`` (Tucker only) trains on nothing and has no source.
     """
+    prior = resolve_prior(prior, context.batch_norms)
     try:
         factory = REGISTRY[prior]
     except KeyError:

@@ -32,8 +32,14 @@ from kegnet_core.errors import SpecError
 
 
 class Prior(StrEnum):
-    """Where the student's training samples come from (the keys of the sample-source registry)."""
+    """Where the student's training samples come from (the keys of the sample-source registry).
 
+    ``auto`` lets the recipe choose from what the teacher shows (see
+    :func:`kegnet_core.sources.resolve_prior`).
+    """
+
+    AUTO = "auto"
+    SYNTHESIS = "synthesis"
     KEGNET = "kegnet"
     UNIFORM = "uniform"
     GAUSSIAN = "gaussian"
@@ -88,16 +94,21 @@ class CompressionSpec(BaseModel):
         description="module paths to factorise; null: every layer that gets smaller except the first "
         "and the output layer",
     )
-    ranks: Literal["evbmf"] | Fraction | dict[str, RankPair] = Field(
-        "evbmf", description="'evbmf', a keep fraction in (0, 1], or {layer: [out_rank, in_rank]}"
+    ranks: Literal["auto", "evbmf"] | Fraction | dict[str, RankPair] = Field(
+        "auto",
+        description="'auto' (the whole model 2x smaller, ranks spread by weight energy), 'evbmf' "
+        "(Bayesian rank selection on the weights alone), a keep fraction in (0, 1], or "
+        "{layer: [out_rank, in_rank]}",
     )
     target_ratio: Annotated[float, BeforeValidator(_no_bool), Field(gt=1)] | None = Field(
         None, description="choose ranks so the whole model shrinks at least this much"
     )
     prior: Prior = Field(
-        Prior.KEGNET,
-        description="training samples: KegNet generators (the preset's recipe, which may mix in other "
-        "sources), U(-1,1), N(0,1), random pen strokes alone, or none (Tucker only)",
+        Prior.AUTO,
+        description="training samples: auto (the recipe's choice from what the teacher shows), "
+        "synthesis (inputs optimised against the teacher, matching its BatchNorm statistics where it "
+        "has any), kegnet (KegNet generators, with random strokes for images in the default preset), "
+        "U(-1,1), N(0,1), random pen strokes alone, or none (Tucker only)",
     )
     preset: PresetName = PresetName.DEFAULT
     seed: Annotated[StrictInt, Field(ge=0, lt=2**31)] = 0

@@ -18,7 +18,7 @@ import torch
 from torch import fx, nn
 
 from kegnet_core import artifacts as files
-from kegnet_core.config import Recipe
+from kegnet_core.config import Recipe, fit_distillation, fit_synthesis
 from kegnet_core.distill import DistillResult, distill_student
 from kegnet_core.errors import ModelRunError, SpecError
 from kegnet_core.export import save_generator, save_student
@@ -31,7 +31,13 @@ from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progres
 from kegnet_core.report import Artifacts, Latency, LayerReport
 from kegnet_core.sampling import seeded_init
 from kegnet_core.sandbox import SandboxLimits, check_model_in_sandbox
-from kegnet_core.sources import SourceContext, build_source, needs_generators
+from kegnet_core.sources import (
+    SourceContext,
+    build_source,
+    needs_generators,
+    needs_synthesis,
+    resolve_prior,
+)
 from kegnet_core.spec import CompressionSpec, Prior, Stage, Task
 from kegnet_core.synthesis import synthesise
 from kegnet_core.tucker import CompressionPlan, apply_plan, plan_compression
@@ -54,11 +60,42 @@ class Validated:
 
 @dataclass
 class Extracted:
-    """What extraction drew from the teacher: generators (with snapshots) and synthesised inputs."""
+    """What extraction drew from the teacher: generators (with snapshots), inputs synthesised to
+    train on, and held-out synthesised probes for the quality estimate."""
 
     generators: list[TrainedGenerator] = field(default_factory=list)
     synthesised: torch.Tensor | None = None
+    probes: torch.Tensor | None = None
     history: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExtractionWork:
+    """What a job's extraction stage makes, decided before it starts."""
+
+    prior: Prior
+    generators: bool
+    synthesis: bool
+    probes: bool
+
+    @property
+    def anything(self) -> bool:
+        return self.generators or self.synthesis or self.probes
+
+
+def extraction_work(validated: Validated, spec: CompressionSpec, recipe: Recipe) -> ExtractionWork:
+    """Extract jobs train generators; compress jobs make what their prior draws from, and, for a
+    teacher with BatchNorm or a synthesis prior, held-out probes for the quality estimate."""
+    prior = resolve_prior(spec.prior, validated.batch_norms)
+    compress = spec.task is Task.COMPRESS
+    return ExtractionWork(
+        prior=prior,
+        generators=spec.task is Task.EXTRACT or needs_generators(prior),
+        synthesis=compress and needs_synthesis(prior) and recipe.synthesis.samples > 0,
+        probes=compress
+        and (validated.batch_norms > 0 or needs_synthesis(prior))
+        and recipe.synthesis.probe_samples > 0,
+    )
 
 
 def offset_progress(progress: ProgressCallback, offset: int, total: int) -> ProgressCallback:
@@ -123,32 +160,45 @@ def extract(
     progress: ProgressCallback = ignore_progress,
     previews: bool = False,
 ) -> Extracted:
-    """Train the recipe's generators and synthesise its inputs, as far as the job needs them.
+    """Synthesise inputs and probes and train generators, as :func:`extraction_work` decides.
 
-    Extract jobs train generators only, without snapshots (those only feed
-    distillation); compress jobs train what their prior's source draws from.
+    Extract jobs train generators without snapshots (those only feed
+    distillation).  Synthesis is cut to its work limit for big teachers.
     """
+    work = extraction_work(validated, spec, recipe)
     extracted = Extracted()
     extraction = recipe.extraction
-    want_generators = spec.task is Task.EXTRACT or needs_generators(spec.prior)
-    synthesis = recipe.synthesis
-    want_synthesis = spec.task is Task.COMPRESS and spec.prior is Prior.KEGNET and synthesis.samples > 0
     if spec.task is Task.EXTRACT:
         extraction = replace(extraction, snapshot_every=0)
-    synthesis_steps = -(-synthesis.samples // synthesis.batch_size) * synthesis.steps if want_synthesis else 0
-    generator_steps = extraction.generators * extraction.steps if want_generators else 0
-    total = synthesis_steps + generator_steps
-    if want_synthesis:
-        rng = torch.Generator(device).manual_seed(spec.seed + 31337)
+    synthesis = fit_synthesis(recipe.synthesis, validated.macs)
+    train_inputs = synthesis.samples if work.synthesis else 0
+    probe_inputs = synthesis.probe_samples if work.probes else 0
+    per_batch = synthesis.steps
+    train_steps = -(-train_inputs // synthesis.batch_size) * per_batch
+    probe_steps = -(-probe_inputs // synthesis.batch_size) * per_batch
+    generator_steps = extraction.generators * extraction.steps if work.generators else 0
+    total = train_steps + probe_steps + generator_steps
+    if train_inputs:
         extracted.synthesised = synthesise(
             validated.teacher,
             validated.input_shape,
             validated.n_classes,
-            synthesis,
-            rng=rng,
+            replace(synthesis, samples=train_inputs),
+            rng=torch.Generator(device).manual_seed(spec.seed + 31337),
             progress=offset_progress(progress, 0, total),
         )
-    if want_generators:
+        extracted.history["synthesis"] = {"samples": train_inputs, "steps": per_batch}
+    if probe_inputs:
+        extracted.probes = synthesise(
+            validated.teacher,
+            validated.input_shape,
+            validated.n_classes,
+            replace(synthesis, samples=probe_inputs),
+            rng=torch.Generator(device).manual_seed(spec.seed + 271828),
+            progress=offset_progress(progress, train_steps, total),
+            detail="synthesising probes",
+        )
+    if work.generators:
         extracted.generators = extract_generators(
             validated.teacher,
             input_shape=validated.input_shape,
@@ -156,7 +206,7 @@ def extract(
             config=extraction,
             seed=spec.seed,
             device=device,
-            progress=offset_progress(progress, synthesis_steps, total),
+            progress=offset_progress(progress, train_steps + probe_steps, total),
             previews=previews,
         )
         extracted.history["extraction"] = [trained.history for trained in extracted.generators]
@@ -176,6 +226,7 @@ def source_context(validated: Validated, extracted: Extracted, recipe: Recipe) -
         n_classes=validated.n_classes,
         sampling=recipe.sampling,
         noise_dim=recipe.extraction.noise_dim,
+        batch_norms=validated.batch_norms,
         generators=extracted.generators,
         synthesised=extracted.synthesised,
     )
@@ -192,11 +243,13 @@ def distill(
     progress: ProgressCallback = ignore_progress,
 ) -> DistillResult | None:
     """Fine-tune ``student`` in place on the prior's samples; nothing for ``Prior.NONE``."""
-    if spec.prior is Prior.NONE:
+    prior = resolve_prior(spec.prior, validated.batch_norms)
+    if prior is Prior.NONE:
         return None
     assert validated.plan is not None
-    config = recipe.distill if spec.prior is Prior.KEGNET else recipe.baseline_distill
-    source = build_source(spec.prior, source_context(validated, extracted, recipe), trajectory=True)
+    learned = prior in (Prior.KEGNET, Prior.SYNTHESIS)
+    config = fit_distillation(recipe.distill if learned else recipe.baseline_distill, validated.macs)
+    source = build_source(prior, source_context(validated, extracted, recipe), trajectory=True)
     rng = torch.Generator(device).manual_seed(spec.seed + 7919)
     return distill_student(
         student,

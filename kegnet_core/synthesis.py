@@ -46,6 +46,7 @@ def synthesise(
     rng: torch.Generator,
     progress: ProgressCallback = ignore_progress,
     stage: str = "extracting",
+    detail: str = "synthesising inputs",
 ) -> torch.Tensor:
     """``config.samples`` inputs optimised against ``teacher``: (samples, *input_shape).
 
@@ -85,6 +86,6 @@ def synthesise(
             metrics = {"class_loss": float(class_loss.detach())} if last else {}
             if last and statistics is not None:
                 metrics["batch_norm_distance"] = float(statistics.detach())
-            progress(ProgressEvent(stage, done, total, metrics, "synthesising inputs"))
+            progress(ProgressEvent(stage, done, total, metrics, detail))
         pool.append(x.detach())
     return torch.cat(pool) if pool else torch.empty(0, *input_shape, device=device)

@@ -10,6 +10,18 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def in_ci() -> bool:
+    """CI sets ``CI=true``: there a test tier that cannot run fails the run instead of skipping."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing_service(reason: str) -> None:
+    """Skip a test whose server or browser is missing, or fail it in CI (where all must be there)."""
+    if in_ci():
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def shared_dir() -> Path:
     """``$KEGNET_SHARED``, else ``../shared`` beside the repository."""
     return Path(os.environ.get("KEGNET_SHARED", REPO.parent / "shared"))

@@ -59,7 +59,8 @@ def test_the_spec_rules(signed_in: Page) -> None:
                 shape: spec.parseInputShape(" 1, 28 ,28 "),
                 vector: spec.parseInputShape("64"),
                 two: spec.parseInputShape("1,8"),
-                evbmf: spec.parseRanks(""),
+                auto: spec.parseRanks(""),
+                evbmf: spec.parseRanks("EVBMF"),
                 fraction: spec.parseRanks("0.5"),
                 pairs: spec.parseRanks("conv3=11:7, layers3.0.conv1=4:2"),
                 zero: spec.parseRanks("0"),
@@ -73,6 +74,7 @@ def test_the_spec_rules(signed_in: Page) -> None:
     assert results["shape"] == {"value": [1, 28, 28]}
     assert results["vector"] == {"value": [64]}
     assert "error" in results["two"]
+    assert results["auto"] == {"value": "auto"}
     assert results["evbmf"] == {"value": "evbmf"}
     assert results["fraction"] == {"value": 0.5}
     assert results["pairs"] == {"value": {"conv3": [11, 7], "layers3.0.conv1": [4, 2]}}

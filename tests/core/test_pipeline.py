@@ -49,7 +49,7 @@ def _spec(**kwargs) -> CompressionSpec:
 
 def test_quick_compression_end_to_end(tiny_cnn, tmp_path):
     events: list[ProgressEvent] = []
-    report = run(tiny_cnn, _spec(), tmp_path / "out", progress=events.append)
+    report = run(tiny_cnn, _spec(prior="kegnet"), tmp_path / "out", progress=events.append)
     out = tmp_path / "out"
     for name in ("student.pt", "report.json", "samples.png", "latent_walk.png", "generator_0.pt"):
         assert (out / name).is_file(), name
@@ -105,9 +105,35 @@ def test_same_seed_same_student(tiny_cnn, tmp_path):
 @pytest.mark.parametrize("prior", ["uniform", "gaussian", "strokes", "none"])
 def test_baseline_priors_train_no_generator(tiny_cnn, tmp_path, prior):
     report = run(tiny_cnn, _spec(prior=prior), tmp_path / prior, measure_latency=False)
-    assert "extracting" not in report.timings_s
+    assert "extraction" not in report.history and "synthesis" not in report.history
     assert not (tmp_path / prior / "generator_0.pt").exists()
     assert ("distilling" in report.timings_s) == (prior != "none")
+    # The teacher has BatchNorm, so the quality estimate still gets held-out matched probes.
+    assert report.quality is not None and report.quality.probe_source == "BatchNorm-matched synthesised"
+
+
+def test_the_default_prior_synthesises_inputs_against_the_teacher(tiny_cnn, tmp_path, monkeypatch):
+    import kegnet_core.stages as stages
+    from kegnet_core.distill import distill_student
+
+    pools: list[torch.Tensor] = []
+
+    def spy(student, teacher, source, config, **kwargs):
+        pools.append(source.pool)
+        return distill_student(student, teacher, source, config, **kwargs)
+
+    monkeypatch.setattr(stages, "distill_student", spy)
+    report = run(tiny_cnn, _spec(), tmp_path / "auto", measure_latency=False)
+    recipe = _spec().recipe()
+    assert report.history["synthesis"] == {
+        "samples": recipe.synthesis.samples,
+        "steps": recipe.synthesis.steps,
+    }
+    assert not report.artifacts.generators
+    # The student learns from the synthesised pool; the probes are other inputs.
+    (pool,) = pools
+    assert pool.shape == (recipe.synthesis.samples, 1, 8, 8)
+    assert report.quality is not None and report.quality.probe_samples == recipe.synthesis.probe_samples
 
 
 def test_extract_only_writes_generators(tiny_cnn, tmp_path):
@@ -132,7 +158,7 @@ def test_extract_only_keeps_no_snapshots(tiny_cnn, tmp_path, monkeypatch):
     monkeypatch.setattr(stages, "extract_generators", spy)
     overrides = {"extraction.snapshot_every": 10}
     run(tiny_cnn, _spec(task="extract", overrides=overrides), tmp_path / "gen")
-    run(tiny_cnn, _spec(overrides=overrides), tmp_path / "student", measure_latency=False)
+    run(tiny_cnn, _spec(prior="kegnet", overrides=overrides), tmp_path / "student", measure_latency=False)
     extract_only, compress = trained
     assert [g.snapshots for g in extract_only] == [[]]
     assert len(compress[0].snapshots) == 4  # steps 10, 20, 30, 40 of the quick preset
@@ -166,8 +192,10 @@ def test_strokes_join_the_generators_samples(tiny_cnn, tmp_path, monkeypatch):
 
     monkeypatch.setattr(stages, "distill_student", spy)
     overrides = {"sampling.stroke_share": 0.3}
-    report = run(tiny_cnn, _spec(overrides=overrides), tmp_path / "mixed", measure_latency=False)
-    assert report.agreement is not None and report.agreement.source == "kegnet + strokes"
+    report = run(
+        tiny_cnn, _spec(prior="kegnet", overrides=overrides), tmp_path / "mixed", measure_latency=False
+    )
+    assert report.agreement is not None
     near_floor = [bool(((image - image.min()) < 0.1).float().mean() > 0.25) for image in batches[0]]
     assert near_floor == [False] * 7 + [True] * 3
 

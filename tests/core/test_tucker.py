@@ -78,10 +78,10 @@ def test_evbmf_keeps_nothing_of_pure_noise():
 
 def test_paper_ratios_for_lenet5(shared: Path):
     teacher = load_paper_teacher(shared / "teachers" / "kegnet" / "mnist.pth.tar")
-    student1 = plan_compression(teacher, layers=["conv3"])
+    student1 = plan_compression(teacher, layers=["conv3"], ranks="evbmf")
     assert student1.ranks == {"conv3": [11, 7]}
     assert round(student1.compression_ratio, 2) == 3.62
-    student2 = plan_compression(teacher, layers=["conv2", "conv3"])
+    student2 = plan_compression(teacher, layers=["conv2", "conv3"], ranks="evbmf")
     assert round(student2.compression_ratio, 2) == 4.10
 
 
@@ -140,3 +140,22 @@ def test_default_layers_skip_the_first_and_the_output_layer():
     assert sorted(layer.name for layer in plan.layers) == ["conv2", "conv3", "fc1"]
     two = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     assert default_layers(two) == ["1"]  # with two layers, the first is the only candidate
+
+
+def test_auto_ranks_halve_the_model():
+    lenet = load_classifier(torchscript_bytes(LeNet5(), (1, 32, 32)), (1, 32, 32))
+    plan = plan_compression(lenet)  # ranks="auto" is the default
+    assert 2.0 <= plan.compression_ratio < 2.5
+    assert {layer.name for layer in plan.layers} <= {"conv2", "conv3", "fc1"}
+
+
+def test_auto_ranks_take_the_first_layer_when_the_others_cannot_halve_the_model():
+    # Almost all parameters sit in the first layer, which the default choice leaves dense.
+    wide_first = nn.Sequential(
+        nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 16), nn.ReLU(), nn.Linear(16, 10)
+    )
+    with pytest.raises(SpecError, match="out of reach"):
+        plan_compression(wide_first, ranks="evbmf", target_ratio=2.0)
+    plan = plan_compression(wide_first)
+    assert plan.compression_ratio >= 2.0
+    assert "0" in plan.ranks and "4" not in plan.ranks

