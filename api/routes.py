@@ -22,6 +22,7 @@ from api.uploads import Upload, receive_upload
 from kegnet_core.archive import ArchiveLimits, inspect_torchscript_archive
 from kegnet_core.artifacts import DOWNLOADS, SAMPLES, STUDENT, Artifact
 from kegnet_core.errors import InvalidModelFileError, SpecError
+from kegnet_core.operators import ForbiddenOperatorError, check_archive_code
 from kegnet_core.spec import parse_spec_json
 from kegnet_service import jobs
 from kegnet_service.db import ping
@@ -72,7 +73,8 @@ def _check_model(upload: Upload) -> None:
         raise ApiError(422, "missing_field", "the form needs a 'model' file (TorchScript)", field="model")
     try:
         inspect_torchscript_archive(upload.path, ArchiveLimits())
-    except InvalidModelFileError as exc:
+        check_archive_code(upload.path)
+    except (InvalidModelFileError, ForbiddenOperatorError) as exc:
         raise ApiError(422, exc.code, exc.message, field="model") from exc
 
 

@@ -71,7 +71,7 @@ def add_spec_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prior",
         choices=[p.value for p in Prior],
-        default=Prior.KEGNET.value,
+        default=Prior.AUTO.value,
         help="where training samples come from",
     )
     parser.add_argument("--preset", choices=[p.value for p in PresetName], default=PresetName.DEFAULT.value)

@@ -31,6 +31,7 @@ from torch import fx, nn
 
 from kegnet_core.archive import ArchiveLimits, inspect_torchscript_archive
 from kegnet_core.errors import InvalidModelFileError, ModelRunError, UnsupportedModelError
+from kegnet_core.operators import check_script_module
 
 ATEN = torch.ops.aten
 MAX_UNROLL = 10_000
@@ -562,7 +563,11 @@ def script_to_graph_module(script: torch.jit.ScriptModule, input_shape: Sequence
 def load_torchscript(
     source: str | Path | bytes | BinaryIO, limits: ArchiveLimits | None = None
 ) -> torch.jit.ScriptModule:
-    """Load a TorchScript archive on the CPU after checking its layout."""
+    """Load a TorchScript archive on the CPU after checking its layout, and refuse it if any of its
+    methods uses an operator outside the allow-list (:mod:`kegnet_core.operators`).
+
+    Loading compiles the code but runs none of it; the check comes before any call.
+    """
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     inspect_torchscript_archive(source, limits)
@@ -570,6 +575,7 @@ def load_torchscript(
         module = torch.jit.load(source, map_location="cpu")
     except Exception as exc:
         raise InvalidModelFileError(f"torch.jit.load could not read the model: {exc}", field="model") from exc
+    check_script_module(module)
     return module.eval()
 
 

@@ -92,7 +92,7 @@ def test_the_form_offers_the_servers_choices(signed_in: Page) -> None:
     expect(page.locator("#field-prior option")).to_have_count(len(Prior))
     offered = page.locator("#field-prior option").evaluate_all("options => options.map(o => o.value)")
     assert offered == [prior.value for prior in Prior]
-    assert page.locator("#field-prior").input_value() == Prior.KEGNET.value
+    assert page.locator("#field-prior").input_value() == Prior.AUTO.value
     presets = page.locator("#field-preset option").evaluate_all("options => options.map(o => o.value)")
     assert presets == [preset.value for preset in PresetName]
     assert page.locator("#field-preset").input_value() == PresetName.DEFAULT.value

@@ -10,7 +10,7 @@ const HELP = {
   input_shape: "One input: C,H,W for images (1,28,28) or D for feature vectors (64).",
   task: "Compress: a smaller student. Extract: only the generators, for your own distillation.",
   preset: "quick: seconds, for trying things. default: our recipe. paper: the published MNIST recipe.",
-  prior: "Samples the student learns from: KegNet generators (with random pen strokes for images), the paper's baselines, or strokes alone.",
+  prior: "Samples the student learns from. auto: the recipe's choice (inputs synthesised against your model). Or: synthesis, KegNet generators (with random pen strokes for images), the paper's baselines, strokes alone, or none (Tucker only).",
   layers: "Module paths to factorise, comma-separated (conv3, layers3.0.conv1). Empty: every layer that gets smaller, except the first and the output layer.",
   ranks: "auto (the model 2x smaller), evbmf (chosen from the weights), a keep fraction like 0.5, or explicit ranks: conv3=11:7, fc1=32:64",
   target_ratio: "Optional: choose ranks so the whole model shrinks at least this much.",
@@ -18,7 +18,7 @@ const HELP = {
 };
 
 // Ignored by an extract job: sent with their defaults so a stale entry cannot block it.
-const COMPRESS_DEFAULTS = { prior: "kegnet", layers: "", ranks: "auto", target_ratio: "" };
+const COMPRESS_DEFAULTS = { prior: "auto", layers: "", ranks: "auto", target_ratio: "" };
 
 function errorSlot(name) {
   return h("p", { class: "field-error", id: `error-${name}`, role: "alert", "data-field": name });
