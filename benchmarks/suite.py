@@ -92,6 +92,7 @@ def run_row(
         "estimated_loss": quality.estimated_loss if quality else None,
         "estimate_trusted": quality.trusted if quality else False,
         "estimate_reason": quality.reason if quality else "",
+        "prior": report.prior,
         "probe_source": quality.probe_source if quality else None,
         "probe_disagreement": quality.details.get("probe_disagreement") if quality else None,
         "compression_ratio": report.compression_ratio,

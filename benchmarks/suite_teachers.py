@@ -29,7 +29,7 @@ from kegnet_core.evaluation import accuracy, mnist_test_set
 from kegnet_core.zoo import ResNet14, load_paper_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def default_shared() -> Path:
@@ -226,13 +226,13 @@ def _grey_textures() -> list[np.ndarray]:
     return [sk.brick(), sk.grass(), sk.gravel(), sk.camera(), sk.moon(), sk.cell(), sk.clock(), sk.coins()]
 
 
-def _patches(
-    images: list[np.ndarray], per_class: int, size: int, columns: tuple[float, float], seed: int
-) -> Split:
+def _patches(images: list[np.ndarray], per_class: int, size: int, part: int, seed: int) -> Split:
     """Random square windows (a sixth of the shorter side) resized to ``size``; label = source image.
 
-    ``columns`` bounds the windows' horizontal position as shares of the
-    width, so the train and test splits come from disjoint parts of each image.
+    Each image is cut into a checkerboard of cells two windows wide; windows
+    of ``part`` 0 lie wholly inside the "black" cells, of ``part`` 1 inside
+    the "white" ones, so the train and test splits never share a pixel but
+    come from all over each image.
     """
     rng = np.random.default_rng(seed)
     out, labels = [], []
@@ -241,10 +241,17 @@ def _patches(
         array = array.permute(2, 0, 1) if array.dim() == 3 else array.unsqueeze(0)  # (C, H, W)
         _, height, width = array.shape
         window = max(size, min(height, width) // 6)
-        left_min, left_max = int(columns[0] * width), int(columns[1] * width) - window
+        cell = 2 * window
+        cells = [
+            (top, left)
+            for top in range(0, height - cell + 1, cell)
+            for left in range(0, width - cell + 1, cell)
+            if (top // cell + left // cell) % 2 == part
+        ]
         for _ in range(per_class):
-            top = int(rng.integers(0, height - window + 1))
-            left = int(rng.integers(left_min, max(left_min, left_max) + 1))
+            top0, left0 = cells[int(rng.integers(0, len(cells)))]
+            top = top0 + int(rng.integers(0, cell - window + 1))
+            left = left0 + int(rng.integers(0, cell - window + 1))
             crop = array[:, top : top + window, left : left + window].unsqueeze(0)
             out.append(F.interpolate(crop, size=(size, size), mode="area")[0])
             labels.append(label)
@@ -252,9 +259,9 @@ def _patches(
 
 
 def patch_set(images: list[np.ndarray], train_per_class: int, test_per_class: int) -> tuple[Split, Split]:
-    """Train windows from the left 65% of each image, test windows from the right 30%."""
-    x_train, y_train = _patches(images, train_per_class, 32, (0.0, 0.65), seed=1)
-    x_test, y_test = _patches(images, test_per_class, 32, (0.70, 1.0), seed=2)
+    """Train and test windows from the two colours of a checkerboard over each image."""
+    x_train, y_train = _patches(images, train_per_class, 32, part=0, seed=1)
+    x_test, y_test = _patches(images, test_per_class, 32, part=1, seed=2)
     x_train, x_test = _standardise(x_train, x_test, dims=(0, 2, 3))
     return (x_train, y_train), (x_test, y_test)
 

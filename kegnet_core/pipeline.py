@@ -103,6 +103,8 @@ def run(
     report.n_classes = validated.n_classes
     report.params_before = parameter_count(validated.teacher)
     report.teacher = validated.facts()
+    if spec.task is Task.COMPRESS:
+        report.prior = resolve_prior(spec.prior, validated.batch_norms, validated.input_shape).value
 
     if spec.task is Task.EXTRACT:
         _extract_pipeline(validated, spec, recipe, report, clock, layout, torch_device, progress, previews)
@@ -176,7 +178,7 @@ def _compress_pipeline(
         )
     probe = _probe(validated, extracted, spec, recipe, device)
     tucker_agreement = probe.agreement(student)
-    if resolve_prior(spec.prior, validated.batch_norms) is not Prior.NONE:
+    if resolve_prior(spec.prior, validated.batch_norms, validated.input_shape) is not Prior.NONE:
         with clock.stage(Stage.DISTILLING):
             result = stages.distill(
                 student, validated, extracted, spec, recipe, device=device, progress=progress
@@ -220,7 +222,7 @@ def _probe(
         matched = validated.batch_norms > 0
         name = "BatchNorm-matched synthesised" if matched else "synthesised"
         return Probe(validated.teacher, extracted.probes, name, validated.n_classes, data_like=matched)
-    prior = resolve_prior(spec.prior, validated.batch_norms)
+    prior = resolve_prior(spec.prior, validated.batch_norms, validated.input_shape)
     if prior is Prior.NONE or (prior is Prior.SYNTHESIS and extracted.synthesised is None):
         prior = Prior.GAUSSIAN
     source = build_source(prior, stages.source_context(validated, extracted, recipe))

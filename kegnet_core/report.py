@@ -84,6 +84,7 @@ class Report(_Model):
     teacher: dict[str, Any] = Field(
         default_factory=dict, description="what the teacher shows: its layers, BatchNorm, classes"
     )
+    prior: str | None = Field(None, description="the prior the run used (what 'auto' became)")
     history: dict[str, Any] = Field(default_factory=dict)
     artifacts: Artifacts = Field(default_factory=Artifacts)
     timings_s: dict[str, float] = Field(default_factory=dict)

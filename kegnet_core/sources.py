@@ -18,6 +18,7 @@ from torch import nn
 
 from kegnet_core.config import SamplingConfig
 from kegnet_core.errors import SpecError
+from kegnet_core.procedural import dead_leaves, pink_noise
 from kegnet_core.sampling import noise, training_labels
 from kegnet_core.spec import Prior
 from kegnet_core.strokes import stroke_images
@@ -179,6 +180,31 @@ class GaussianSource:
         return torch.randn(count, *self.input_shape, generator=rng, device=rng.device)
 
 
+class ProceduralSource:
+    """Images drawn from formulas: pen strokes, dead leaves and 1/f noise, a third of each batch each.
+
+    The ``procedural`` prior, and ``auto``'s choice for image classifiers
+    without BatchNorm (docs/design.md, "The default recipe").
+    """
+
+    name = "procedural"
+
+    def __init__(self, input_shape: Sequence[int]) -> None:
+        if len(input_shape) != 3:
+            raise SpecError("prior 'procedural' draws images: it needs input_shape [C, H, W]", field="prior")
+        self.input_shape = tuple(int(size) for size in input_shape)
+
+    def sample(self, count: int, rng: torch.Generator) -> torch.Tensor:
+        third = count // 3
+        return torch.cat(
+            (
+                stroke_images(third, self.input_shape, rng),
+                pink_noise(third, self.input_shape, rng),
+                dead_leaves(count - 2 * third, self.input_shape, rng),
+            )
+        )
+
+
 class StrokeSource:
     """Random-stroke images (kegnet_core.strokes), the ``strokes`` prior."""
 
@@ -248,16 +274,23 @@ REGISTRY: dict[Prior, SourceFactory] = {
     Prior.UNIFORM: lambda context, _trajectory: UniformSource(context.input_shape),
     Prior.GAUSSIAN: lambda context, _trajectory: GaussianSource(context.input_shape),
     Prior.STROKES: lambda context, _trajectory: StrokeSource(context.input_shape),
+    Prior.PROCEDURAL: lambda context, _trajectory: ProceduralSource(context.input_shape),
 }
 
 
-def resolve_prior(prior: Prior, batch_norms: int) -> Prior:
-    """The prior a run uses: ``auto`` becomes ``synthesis``, whose inputs match the teacher's
-    BatchNorm statistics where it has any and otherwise only its class evidence
-    (docs/design.md, "The default recipe"); any other prior is itself."""
+def resolve_prior(prior: Prior, batch_norms: int, input_shape: Sequence[int]) -> Prior:
+    """The prior a run uses; any but ``auto`` is itself.
+
+    ``auto`` adapts to what the teacher shows (docs/design.md, "The default
+    recipe"): with BatchNorm layers, ``synthesis`` (inputs matched to their
+    running statistics); without, ``procedural`` images for an image
+    classifier and N(0, 1) for a vector one.
+    """
     if prior is not Prior.AUTO:
         return prior
-    return Prior.SYNTHESIS
+    if batch_norms > 0:
+        return Prior.SYNTHESIS
+    return Prior.PROCEDURAL if len(input_shape) == 3 else Prior.GAUSSIAN
 
 
 def needs_generators(prior: Prior) -> bool:
@@ -274,7 +307,7 @@ def build_source(prior: Prior, context: SourceContext, *, trajectory: bool = Fal
     """The sample source of a resolved ``prior``; ``trajectory`` uses generator snapshots where
     there are any.  ``Prior.NONE`` (Tucker only) trains on nothing and has no source.
     """
-    prior = resolve_prior(prior, context.batch_norms)
+    prior = resolve_prior(prior, context.batch_norms, context.input_shape)
     try:
         factory = REGISTRY[prior]
     except KeyError:

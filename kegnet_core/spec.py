@@ -40,6 +40,7 @@ class Prior(StrEnum):
 
     AUTO = "auto"
     SYNTHESIS = "synthesis"
+    PROCEDURAL = "procedural"
     KEGNET = "kegnet"
     UNIFORM = "uniform"
     GAUSSIAN = "gaussian"
@@ -105,9 +106,10 @@ class CompressionSpec(BaseModel):
     )
     prior: Prior = Field(
         Prior.AUTO,
-        description="training samples: auto (the recipe's choice from what the teacher shows), "
-        "synthesis (inputs optimised against the teacher, matching its BatchNorm statistics where it "
-        "has any), kegnet (KegNet generators, with random strokes for images in the default preset), "
+        description="training samples: auto (synthesis for a teacher with BatchNorm; otherwise "
+        "procedural images, or N(0,1) for vectors), synthesis (inputs optimised against the teacher, "
+        "matching its BatchNorm statistics where it has any), procedural (pen strokes, dead leaves and "
+        "1/f noise), kegnet (KegNet generators, with random strokes for images in the default preset), "
         "U(-1,1), N(0,1), random pen strokes alone, or none (Tucker only)",
     )
     preset: PresetName = PresetName.DEFAULT
@@ -137,8 +139,10 @@ class CompressionSpec(BaseModel):
     @model_validator(mode="after")
     def _fits(self) -> CompressionSpec:
         # Imported here: the registry names which priors need images.
-        if self.prior is Prior.STROKES and len(self.input_shape) != 3:
-            raise SpecError("prior 'strokes' draws images: it needs input_shape [C, H, W]", field="prior")
+        if self.prior in (Prior.STROKES, Prior.PROCEDURAL) and len(self.input_shape) != 3:
+            raise SpecError(
+                f"prior {self.prior.value!r} draws images: it needs input_shape [C, H, W]", field="prior"
+            )
         try:
             self.recipe()
         except (ValueError, TypeError) as exc:

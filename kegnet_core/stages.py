@@ -86,7 +86,7 @@ class ExtractionWork:
 def extraction_work(validated: Validated, spec: CompressionSpec, recipe: Recipe) -> ExtractionWork:
     """Extract jobs train generators; compress jobs make what their prior draws from, and, for a
     teacher with BatchNorm or a synthesis prior, held-out probes for the quality estimate."""
-    prior = resolve_prior(spec.prior, validated.batch_norms)
+    prior = resolve_prior(spec.prior, validated.batch_norms, validated.input_shape)
     compress = spec.task is Task.COMPRESS
     return ExtractionWork(
         prior=prior,
@@ -243,7 +243,7 @@ def distill(
     progress: ProgressCallback = ignore_progress,
 ) -> DistillResult | None:
     """Fine-tune ``student`` in place on the prior's samples; nothing for ``Prior.NONE``."""
-    prior = resolve_prior(spec.prior, validated.batch_norms)
+    prior = resolve_prior(spec.prior, validated.batch_norms, validated.input_shape)
     if prior is Prior.NONE:
         return None
     assert validated.plan is not None

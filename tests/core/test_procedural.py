@@ -1,0 +1,73 @@
+"""Procedural priors (dead leaves, 1/f noise), the procedural source, and what `auto` resolves to."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kegnet_core.errors import SpecError
+from kegnet_core.procedural import dead_leaves, pink_noise
+from kegnet_core.sources import ProceduralSource, resolve_prior
+from kegnet_core.spec import CompressionSpec, Prior
+
+
+@pytest.mark.parametrize("draw", [dead_leaves, pink_noise])
+@pytest.mark.parametrize("shape", [(1, 32, 32), (3, 16, 24)])
+def test_images_are_standardised_and_follow_the_seed(draw, shape):
+    images = draw(16, shape, torch.Generator().manual_seed(0))
+    assert images.shape == (16, *shape) and torch.isfinite(images).all()
+    flat = images.flatten(2)
+    assert torch.allclose(flat.mean(2), torch.zeros(16, shape[0]), atol=1e-4)
+    assert torch.allclose(flat.std(2), torch.ones(16, shape[0]), atol=1e-3)
+    assert torch.equal(images, draw(16, shape, torch.Generator().manual_seed(0)))
+    assert not torch.allclose(images, draw(16, shape, torch.Generator().manual_seed(1)))
+
+
+def test_dead_leaves_are_flat_shapes_that_occlude():
+    images = dead_leaves(32, (1, 32, 32), torch.Generator().manual_seed(2))
+    # Piecewise constant: most horizontal neighbours have the same value...
+    same = (images[..., 1:] == images[..., :-1]).float().mean()
+    assert same > 0.7
+    # ... yet every image holds several shapes (distinct grey levels).
+    levels = [len(torch.unique(image)) for image in images]
+    assert min(levels) >= 4
+
+
+def test_pink_noise_has_more_power_at_low_frequencies():
+    images = pink_noise(64, (1, 32, 32), torch.Generator().manual_seed(3))
+    power = torch.fft.rfft2(images[:, 0]).abs().square().mean(0)  # (32, 17)
+    low, high = power[1:4, 1:4].mean(), power[12:16, 12:16].mean()
+    assert low > 20 * high
+
+
+def test_the_procedural_source_draws_a_third_of_each_kind():
+    source = ProceduralSource((1, 32, 32))
+    batch = source.sample(30, torch.Generator().manual_seed(4))
+    strokes, noise, leaves = batch[:10], batch[10:20], batch[20:]
+    flat = lambda x: (x[..., 1:] == x[..., :-1]).float().mean()  # noqa: E731
+    assert flat(leaves) > 0.7 and flat(noise) < 0.05
+    assert (strokes.flatten(1) < 0).float().mean() > 0.6  # thin strokes on a dark ground
+    with pytest.raises(SpecError) as caught:
+        ProceduralSource((12,))
+    assert caught.value.field == "prior"
+
+
+@pytest.mark.parametrize(
+    ("batch_norms", "shape", "expected"),
+    [
+        (3, (3, 32, 32), Prior.SYNTHESIS),
+        (1, (40,), Prior.SYNTHESIS),
+        (0, (1, 32, 32), Prior.PROCEDURAL),
+        (0, (64,), Prior.GAUSSIAN),
+    ],
+)
+def test_auto_adapts_to_what_the_teacher_shows(batch_norms, shape, expected):
+    assert resolve_prior(Prior.AUTO, batch_norms, shape) is expected
+    # A prior the user names is never replaced.
+    assert resolve_prior(Prior.UNIFORM, batch_norms, shape) is Prior.UNIFORM
+
+
+def test_a_vector_spec_cannot_ask_for_images():
+    with pytest.raises(SpecError) as caught:
+        CompressionSpec(input_shape=(12,), prior="procedural")
+    assert caught.value.field == "prior"
