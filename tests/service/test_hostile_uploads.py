@@ -126,6 +126,8 @@ class Prints(nn.Module):
 class CountsCalls(nn.Module):
     """Benign for its first calls; its state, a buffer written in place, decides when to turn."""
 
+    calls: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("calls", torch.zeros(1))
