@@ -126,7 +126,12 @@ def main() -> int:
     print(f"  teacher: {accuracy(teacher, test_x, test_y) * 100:6.2f}% with {teacher_params:,} parameters")
     print(f"  student: {accuracy(student, test_x, test_y) * 100:6.2f}% with {student_params:,} parameters")
     print(f"  compression ratio: {teacher_params / student_params:.2f}x")
-    print(f"  ranks: {report['ranks']}")
+    print(f"  ranks: {report['ranks']}, prior: {report['prior']}")
+    quality = report["quality"]
+    if quality["estimated_loss"] is not None:
+        print(f"  the report's own estimate of the loss: {quality['estimated_loss']:.2f} points")
+    else:
+        print(f"  the report's own estimate: {quality['reason']}")
     print(f"total wall time: {time.perf_counter() - started:.1f} s")
     return 0
 

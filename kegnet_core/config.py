@@ -230,15 +230,16 @@ PAPER = Recipe(
 # 2-core CPU (about 65 GMAC/s with backward passes) synthesis stays within about
 # 3 minutes and distillation within about 2, so a teacher of 30 MMACs per input
 # finishes in well under 10 minutes (docs/benchmarks.md, the suite's stage times).
-DEFAULT_SYNTHESIS_WORK = 4e12
-DEFAULT_DISTILL_WORK = 2e12
+DEFAULT_SYNTHESIS_WORK = 3e12
+DEFAULT_DISTILL_WORK = 1.5e12
 
 DEFAULT = Recipe(
     name="default",
-    description="Our recipe: 1,024 inputs synthesised against the teacher (its class evidence, and its "
-    "BatchNorm statistics where it has any; 300 Adam steps), 512 more held out as probes for the quality "
-    "estimate; student distilled on them for 1,500 steps of 128 (KL, Adam 1e-3, cosine); big teachers "
-    "get fewer steps within a fixed amount of work.",
+    description="Our recipe: for a teacher with BatchNorm, 1,024 inputs synthesised against it (its class "
+    "evidence and BatchNorm statistics, 300 Adam steps) and 256 more held out as probes for the quality "
+    "estimate; without BatchNorm, procedural images (or Gaussian vectors); the student distilled for "
+    "1,500 steps of 128 (KL, Adam 1e-3, cosine); big teachers get fewer steps within a fixed amount of "
+    "work.",
     extraction=ExtractionConfig(
         generators=2,
         epochs=20,
@@ -253,19 +254,22 @@ DEFAULT = Recipe(
         steps=300,
         batch_size=256,
         learning_rate=0.1,
-        probe_samples=512,
+        probe_samples=256,
         work_limit=DEFAULT_SYNTHESIS_WORK,
         min_steps=100,
     ),
     # For the kegnet prior: random pen strokes beside the generators' samples
     # (docs/design.md, "The stroke prior").
     sampling=SamplingConfig(noise_scale=4.0, stroke_share=0.5),
+    # feature_weight: each factorised layer's output held to the original
+    # layer's on the same inputs, beside the KL on logits (docs/design.md).
     distill=DistillConfig(
         steps=1500,
         batch_size=128,
         learning_rate=1e-3,
         final_learning_rate=0.0,
         temperature=1.0,
+        feature_weight=1.0,
         pool_batches=None,
         eval_every=100,
         patience_evals=None,
@@ -278,6 +282,7 @@ DEFAULT = Recipe(
         batch_size=128,
         learning_rate=1e-3,
         final_learning_rate=0.0,
+        feature_weight=1.0,
         pool_batches=None,
         eval_every=100,
         patience_evals=None,

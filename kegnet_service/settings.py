@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     sandbox_timeout_s: float = Field(
         default=300.0, gt=0, description="time limit when first loading an upload"
     )
+    jail_memory_mb: int = Field(
+        default=16384, gt=0, description="address-space limit of a job's process (CPU jobs)"
+    )
+    jail_threads: int = Field(
+        default=0, ge=0, description="torch threads in a job's process (0: torch's choice)"
+    )
+    require_file_isolation: bool = Field(
+        default=False,
+        description="refuse to run models on a worker whose kernel cannot confine a job's files (Landlock)",
+    )
 
     @field_validator("home")
     @classmethod

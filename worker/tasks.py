@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,8 @@ def _finish(settings: Settings, job_id: str, **values: Any) -> None:
 def execute_job(job_id: str, settings: Settings | None = None, worker: str | None = None) -> str:
     """Run one job to a terminal state; return that state (or 'skipped')."""
     from kegnet_core.artifacts import Layout, bundle_generators
-    from kegnet_core.pipeline import run
+    from kegnet_core.jail import JailLimits, run_jailed
+    from kegnet_core.report import Report
     from kegnet_core.sandbox import SandboxLimits
     from kegnet_core.spec import parse_spec
 
@@ -107,15 +109,26 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
                 cpu_seconds=int(settings.sandbox_timeout_s) + 1,
                 wall_seconds=settings.sandbox_timeout_s,
             )
-            report = run(
+            # The model runs only in a jailed child: no secrets, its own files, no network.
+            report_json, isolation = run_jailed(
                 teacher,
-                spec,
+                spec.to_json_dict(),
                 out_dir,
+                scratch=work / "scratch",
+                limits=JailLimits(
+                    memory_bytes=settings.jail_memory_mb * 1024**2,
+                    cpu_seconds=int(settings.job_time_limit_s) * max(1, os.cpu_count() or 1),
+                    wall_seconds=float(settings.job_time_limit_s),
+                    threads=settings.jail_threads,
+                ),
                 progress=reporter,
                 device=settings.device,
-                sandbox=limits,
                 previews=True,
+                require_filesystem=settings.require_file_isolation,
+                sandbox=limits,
             )
+            log.info("job ran isolated", extra={"isolation": asdict(isolation)})
+            report = Report.model_validate(report_json)
             written = report.artifacts
             extras = [*written.samples, *([written.latent_walk] if written.latent_walk else [])]
             bundle_generators(Layout(out_dir), written.generators, extras)

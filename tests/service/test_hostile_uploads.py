@@ -126,16 +126,14 @@ class Prints(nn.Module):
 class CountsCalls(nn.Module):
     """Benign for its first calls; its state, a buffer written in place, decides when to turn."""
 
-    calls: torch.Tensor
-
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("calls", torch.zeros(1))
         self.fc = nn.Linear(64, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls.add_(1)
-        if bool(self.calls > 1000):
+        self.calls.add_(1)  # type: ignore[operator]
+        if bool(self.calls > 1000):  # type: ignore[operator]
             waste = torch.ones(200_000_000_000)
             return self.fc(x.flatten(1)) + waste[:3]
         return self.fc(x.flatten(1))
