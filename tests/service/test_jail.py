@@ -16,6 +16,7 @@ from torch import nn
 
 from api.app import create_app
 from kegnet_core.jail import JailLimits, clean_environment, landlock_abi, run_jailed
+from kegnet_core.progress import ProgressEvent
 from kegnet_service.settings import Settings
 from tests.conftest import missing_service
 from tests.core.models import TinyCNN, torchscript_bytes
@@ -112,7 +113,7 @@ def test_a_jailed_run_reports_its_isolation(tmp_path: Path):
     model = tmp_path / "in" / "teacher.pt"
     model.parent.mkdir()
     model.write_bytes(torchscript_bytes(TinyCNN(), (1, 8, 8)))
-    events = []
+    events: list[ProgressEvent] = []
     report, isolation = run_jailed(
         model,
         {"input_shape": [1, 8, 8], "preset": "quick"},
