@@ -138,8 +138,9 @@ _BUILTINS = frozenset(
 _BUILTIN_OPERATORS = {"print": "prim::Print", "setattr": "prim::SetAttr"}
 
 
-def forbidden(kind: str) -> ForbiddenOperatorError:
-    """The error for operator ``kind`` (``aten::from_file``), with the reason where we know it."""
+def forbidden(kind: str, where: str = "") -> ForbiddenOperatorError:
+    """The error for operator ``kind`` (``aten::from_file``) used in ``where``, with the reason
+    where we know it."""
     reason = REASONS.get(kind)
     if reason is None:
         namespace = kind.split("::", 1)[0]
@@ -148,7 +149,8 @@ def forbidden(kind: str) -> ForbiddenOperatorError:
             if namespace not in ("aten", "prim")
             else "it is not on the list of pure tensor operators (docs/security.md)"
         )
-    return ForbiddenOperatorError(f"the model uses {kind}, which is refused because {reason}")
+    place = f" (in {where})" if where else ""
+    return ForbiddenOperatorError(f"the model uses {kind}, which is refused because {reason}{place}")
 
 
 # --------------------------------------------------------------------------
@@ -220,10 +222,8 @@ def check_archive_code(path: str | Path) -> None:
                     continue
                 kind = _operator_of(node, local_functions)
                 if kind is not None and kind not in ALLOWED:
-                    error = forbidden(kind)
                     where = file_name.split("/code/", 1)[-1].removesuffix(".py").replace("/", ".")
-                    error.message += f" (in {function.name} of {where})"
-                    raise error
+                    raise forbidden(kind, f"{function.name} of {where}")
 
 
 # --------------------------------------------------------------------------
@@ -311,10 +311,7 @@ def check_script_module(script: torch.jit.ScriptModule) -> None:
             torch._C._jit_pass_inline(graph)
             for kind in _graph_kinds(graph):
                 if kind not in ALLOWED:
-                    error = forbidden(kind)
-                    where = f"{module_name}.{method_name}" if module_name else method_name
-                    error.message += f" (in {where})"
-                    raise error
+                    raise forbidden(kind, f"{module_name}.{method_name}" if module_name else method_name)
     # State: what runs in evaluation mode.  Freezing a copy folds ``self.training``
     # and drops the branches it rules out (BatchNorm's counter of training
     # batches), but keeps every attribute the code writes to.
