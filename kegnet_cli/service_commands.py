@@ -125,6 +125,7 @@ def serve(args: argparse.Namespace) -> int:
 
     import migrations
     from api.app import create_app
+    from kegnet_core.jail import die_with_parent
     from kegnet_service.queue import ensure_broker_folders
 
     settings = _settings()
@@ -138,7 +139,10 @@ def serve(args: argparse.Namespace) -> int:
     print(f"kegnet: API docs at http://{args.host}:{args.port}/docs", file=sys.stderr)
     env = {**os.environ, "KEGNET_HOME": str(settings.home)}
     worker = subprocess.Popen(
-        worker_command(settings.queue, args.concurrency, args.loglevel), env=env, start_new_session=True
+        worker_command(settings.queue, args.concurrency, args.loglevel),
+        env=env,
+        start_new_session=True,
+        preexec_fn=die_with_parent,  # even a kill -9 of `serve` takes its worker with it
     )
     # uvicorn re-raises the SIGTERM it caught once it has shut down; with the
     # default handler that would kill this process before `finally` stops the

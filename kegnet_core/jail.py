@@ -85,6 +85,7 @@ class Isolation:
 _SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446
 _RULE_PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_PDEATHSIG = 1
 # Access rights, ABI 1..3 (later ABIs add network and ioctl rights we do not need to handle).
 _EXECUTE, _WRITE_FILE, _READ_FILE, _READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 _REMOVE_DIR, _REMOVE_FILE, _MAKE_CHAR, _MAKE_DIR = 1 << 4, 1 << 5, 1 << 6, 1 << 7
@@ -199,9 +200,16 @@ def clean_environment(threads: int) -> dict[str, str]:
     return env
 
 
+def die_with_parent() -> None:
+    """Ask the kernel to kill this process when the one that started it dies (kill -9 included)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def _preexec(limits: JailLimits, limit_memory: bool) -> None:
-    """In the child before exec: own process group, limits, no network."""
+    """In the child before exec: own process group, dies with the worker, limits, no network."""
     os.setsid()
+    die_with_parent()
     if limit_memory:
         resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import torch
@@ -171,3 +172,59 @@ def test_a_model_that_raises_mid_job_fails_its_own_job_only(tmp_path: Path, tiny
         assert execute_job(other_owner, settings) == "succeeded"
         assert client.get(f"/v1/jobs/{other_owner}", headers=auth(BOB)).json()["status"] == "succeeded"
         assert client.get("/healthz").status_code == 200
+
+
+def _jail_children(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"kegnet_core.jail" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_the_jailed_child_dies_with_its_worker(tmp_path: Path):
+    model = tmp_path / "in" / "teacher.pt"
+    model.parent.mkdir()
+    model.write_bytes(torchscript_bytes(TinyCNN(), (1, 8, 8)))
+    spec = {
+        "input_shape": [1, 8, 8],
+        "preset": "quick",
+        "prior": "gaussian",
+        "overrides": {"baseline_distill.steps": 10**6},
+    }
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys; from kegnet_core.jail import run_jailed; "
+            "run_jailed(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], scratch=sys.argv[4])",
+            str(model),
+            json.dumps(spec),
+            str(tmp_path / "out"),
+            str(tmp_path / "scratch"),
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 60
+        children: list[int] = []
+        while not children and time.monotonic() < deadline:
+            children = _jail_children(worker.pid)
+            time.sleep(0.2)
+        assert children, "the job's process never started"
+        worker.kill()  # kill -9, as the OOM killer or an operator would
+        worker.wait()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{children[0]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not Path(f"/proc/{children[0]}").exists(), "the jailed child outlived its worker"
+    finally:
+        if worker.poll() is None:
+            worker.kill()
