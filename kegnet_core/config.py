@@ -106,15 +106,16 @@ class SynthesisConfig:
     # (teachers with BatchNorm only; never trained on).
     probe_samples: int = 0
     # At most this many teacher MACs of forward passes (inputs x steps x MACs per
-    # input, probes included): big teachers get fewer steps (not below
-    # ``min_steps``), then fewer inputs. None: no limit.
+    # input, probes included): big teachers get fewer inputs (not below
+    # ``min_samples``), then fewer steps (not below ``min_steps``). None: no limit.
     work_limit: float | None = None
+    min_samples: int = 512
     min_steps: int = 100
 
     def __post_init__(self) -> None:
         _check_at_least(self, 0, "samples", "class_weight", "batch_norm_weight", "smoothness_weight")
         _check_at_least(self, 0, "probe_samples")
-        _check_positive(self, "steps", "batch_size", "learning_rate", "min_steps")
+        _check_positive(self, "steps", "batch_size", "learning_rate", "min_steps", "min_samples")
         if self.work_limit is not None and self.work_limit <= 0:
             raise ValueError("synthesis.work_limit must be above 0 or null")
 
@@ -176,18 +177,20 @@ class DistillConfig:
 
 
 def fit_synthesis(config: SynthesisConfig, macs: int) -> SynthesisConfig:
-    """``config`` with fewer steps, then fewer inputs, so the synthesis stays within its work limit."""
+    """``config`` cut to its work limit: fewer inputs first (down to ``min_samples`` and half the
+    probes), then fewer steps (down to ``min_steps``).  Each input's optimisation matters more than
+    their number (ResNet14, docs/design.md)."""
     inputs = config.samples + config.probe_samples
     if config.work_limit is None or macs <= 0 or inputs * config.steps * macs <= config.work_limit:
         return config
-    steps = int(config.work_limit / (inputs * macs))
-    if steps >= config.min_steps:
-        return replace(config, steps=steps)
-    scale = config.work_limit / (inputs * config.min_steps * macs)
+    scale = config.work_limit / (inputs * config.steps * macs)
     batch = config.batch_size
-    samples = max(batch, int(config.samples * scale) // batch * batch) if config.samples else 0
-    probes = max(min(batch, config.probe_samples), int(config.probe_samples * scale))
-    return replace(config, steps=config.min_steps, samples=samples, probe_samples=probes)
+    samples = config.samples
+    if samples:
+        samples = min(samples, max(config.min_samples, int(samples * scale) // batch * batch))
+    probes = min(config.probe_samples, max(config.probe_samples // 2, int(config.probe_samples * scale)))
+    steps = max(config.min_steps, min(config.steps, int(config.work_limit / ((samples + probes) * macs))))
+    return replace(config, samples=samples, probe_samples=probes, steps=steps)
 
 
 def fit_distillation(config: DistillConfig, macs: int) -> DistillConfig:
@@ -230,8 +233,8 @@ PAPER = Recipe(
 # 2-core CPU (about 65 GMAC/s with backward passes) synthesis stays within about
 # 3 minutes and distillation within about 2, so a teacher of 30 MMACs per input
 # finishes in well under 10 minutes (docs/benchmarks.md, the suite's stage times).
-DEFAULT_SYNTHESIS_WORK = 3e12
-DEFAULT_DISTILL_WORK = 1.5e12
+DEFAULT_SYNTHESIS_WORK = 4e12
+DEFAULT_DISTILL_WORK = 1.2e12
 
 DEFAULT = Recipe(
     name="default",
@@ -256,6 +259,7 @@ DEFAULT = Recipe(
         learning_rate=0.1,
         probe_samples=256,
         work_limit=DEFAULT_SYNTHESIS_WORK,
+        min_samples=512,
         min_steps=100,
     ),
     # For the kegnet prior: random pen strokes beside the generators' samples
@@ -297,7 +301,9 @@ QUICK = Recipe(
     description="Seconds, for tests and demos: 1 small generator run or 128 inputs synthesised in 20 "
     "steps, 60 student steps.",
     extraction=ExtractionConfig(generators=1, epochs=2, batches_per_epoch=20, batch_size=64),
-    synthesis=SynthesisConfig(samples=128, steps=20, batch_size=64, probe_samples=64, min_steps=10),
+    synthesis=SynthesisConfig(
+        samples=128, steps=20, batch_size=64, probe_samples=64, min_samples=64, min_steps=10
+    ),
     sampling=SamplingConfig(),
     distill=DistillConfig(
         steps=60,

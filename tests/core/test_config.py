@@ -1,0 +1,67 @@
+"""Recipes: overrides are checked like the rest of the spec, and work limits cut big teachers' runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from kegnet_core.config import (
+    DistillConfig,
+    SynthesisConfig,
+    fit_distillation,
+    fit_synthesis,
+    get_recipe,
+)
+
+
+def test_overrides_change_one_setting_and_keep_their_type():
+    recipe = get_recipe("default", {"distill.steps": 7, "sampling.noise_scale": 2, "synthesis.samples": 256})
+    assert recipe.distill.steps == 7 and isinstance(recipe.distill.steps, int)
+    assert recipe.sampling.noise_scale == 2.0 and isinstance(recipe.sampling.noise_scale, float)
+    assert recipe.synthesis.samples == 256
+    assert recipe.extraction == get_recipe("default").extraction  # nothing else moved
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"distill": 5}, "must look like"),
+        ({"distill.stepz": 5}, "unknown setting"),
+        ({"distill.steps": "many"}, "must be a number"),
+        ({"distill.steps": 2.5}, "must be an integer"),
+        ({"distill.steps": 0}, "above 0"),
+        ({"sampling.stroke_share": 1.5}, "in [0, 1]"),
+        ({"distill.steps": None}, "cannot be null"),
+        ({"extraction.generator_channels": [4, -1]}, "positive integers"),
+    ],
+)
+def test_bad_overrides_say_what_is_wrong(overrides, words):
+    with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        get_recipe("default", overrides)
+
+
+def test_synthesis_within_its_limit_is_left_alone():
+    config = SynthesisConfig(samples=1024, probe_samples=256, steps=300, work_limit=4e12)
+    assert fit_synthesis(config, 1_000_000) == config
+
+
+def test_a_big_teacher_gets_fewer_inputs_before_fewer_steps():
+    config = SynthesisConfig(
+        samples=1024, probe_samples=256, steps=300, batch_size=256, work_limit=4e12, min_samples=512
+    )
+    macs = 26_400_000
+    fitted = fit_synthesis(config, macs)
+    assert fitted.samples == 512 and fitted.probe_samples == 128  # the floors, first
+    assert 200 < fitted.steps < 300  # then the steps that fit
+    assert (fitted.samples + fitted.probe_samples) * fitted.steps * macs <= config.work_limit
+    # A teacher too big for the floors keeps them and the fewest steps.
+    huge = fit_synthesis(config, 10**10)
+    assert (huge.samples, huge.steps) == (512, config.min_steps)
+
+
+def test_distillation_steps_shrink_with_the_teacher():
+    config = DistillConfig(steps=1500, batch_size=128, work_limit=1.2e12, floor_steps=300, eval_every=100)
+    assert fit_distillation(config, 1_000_000).steps == 1500
+    fitted = fit_distillation(config, 26_400_000)
+    assert 300 <= fitted.steps < 1500
+    assert fitted.steps * config.batch_size * 26_400_000 <= config.work_limit
+    assert fit_distillation(config, 10**10).steps == config.floor_steps
