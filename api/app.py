@@ -22,7 +22,6 @@ from kegnet_core.spec import CompressionSpec
 from kegnet_service.db import session_factory, session_scope
 from kegnet_service.keys import seed_keys
 from kegnet_service.queue import ensure_broker_folders, make_celery
-from kegnet_service.reaper import reap_once
 from kegnet_service.settings import Settings, get_settings
 from kegnet_service.storage import open_store
 
@@ -69,16 +68,12 @@ def _seed_keys(settings: Settings) -> bool:
 
 
 async def _background(services: Services, keys_seeded: bool) -> None:
-    """Re-queue jobs whose worker stopped sending heartbeats; seed keys once the database is up."""
+    """Seed the configured keys once the database is up.  (Reaping is not the API's: one reaper
+    runs per deployment, ``kegnet reaper``.)"""
     interval = max(services.settings.heartbeat_interval_s, 1.0)
-    while True:
+    while not keys_seeded:
         await asyncio.sleep(interval)
-        if not keys_seeded:
-            keys_seeded = await run_in_threadpool(_seed_keys, services.settings)
-        try:
-            await run_in_threadpool(reap_once, services.settings, services.celery)
-        except Exception:  # the database or broker may be down; try again next round
-            log.warning("reaper round failed", exc_info=True)
+        keys_seeded = await run_in_threadpool(_seed_keys, services.settings)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -120,13 +120,16 @@ def worker_command(queue: str, concurrency: int, loglevel: str, hostname: str | 
 
 
 def serve(args: argparse.Namespace) -> int:
-    """API and one worker on this machine, with no server to install."""
+    """API, one worker and the reaper on this machine, with no server to install."""
+    import threading
+
     import uvicorn
 
     import migrations
     from api.app import create_app
     from kegnet_core.jail import die_with_parent
-    from kegnet_service.queue import ensure_broker_folders
+    from kegnet_service.queue import ensure_broker_folders, make_celery
+    from kegnet_service.reaper import run_forever
 
     settings = _settings()
     configure_logging(args.loglevel)
@@ -148,9 +151,15 @@ def serve(args: argparse.Namespace) -> int:
     # default handler that would kill this process before `finally` stops the
     # worker, leaving it orphaned.  Exiting through SystemExit runs `finally`.
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    stop_reaper = threading.Event()
+    reaper_thread = threading.Thread(
+        target=run_forever, args=(settings, make_celery(settings), stop_reaper), name="reaper", daemon=True
+    )
+    reaper_thread.start()
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
     finally:
+        stop_reaper.set()
         _stop(worker)
     return 0
 
@@ -168,6 +177,22 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def reaper(args: argparse.Namespace) -> int:
+    """The deployment's one reaper, on a schedule (``KEGNET_REAP_INTERVAL_S``), until SIGTERM."""
+    import threading
+
+    from kegnet_service.queue import make_celery
+    from kegnet_service.reaper import run_forever
+
+    settings = _settings()
+    configure_logging(args.loglevel)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
+    run_forever(settings, make_celery(settings), stop)
+    return 0
 
 
 def api(args: argparse.Namespace) -> int:
@@ -217,6 +242,12 @@ def add_service_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     worker_parser.add_argument("--hostname", help="worker name, e.g. gpu0@%%h (default celery@host)")
     worker_parser.add_argument("--loglevel", default="INFO")
     worker_parser.set_defaults(handler=worker)
+
+    reaper_parser = commands.add_parser(
+        "reaper", help="re-send jobs whose worker died or whose message was lost (one per deployment)"
+    )
+    reaper_parser.add_argument("--loglevel", default="INFO")
+    reaper_parser.set_defaults(handler=reaper)
 
     migrate_parser = commands.add_parser("migrate", help="create or upgrade the job database (Alembic)")
     migrate_parser.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the database")

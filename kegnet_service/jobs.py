@@ -264,6 +264,23 @@ def stale_running_jobs(session: Session, *, timeout_s: float) -> list[Job]:
     return list(session.scalars(select(Job).where(Job.status == "running", Job.heartbeat_at < limit)))
 
 
+def stale_queued_jobs(session: Session, *, older_than_s: float) -> list[str]:
+    """Queued jobs untouched for ``older_than_s``, each touched now (conditionally, so two
+    reapers never both claim one): their message may be lost, and is sent again."""
+    limit = now() - timedelta(seconds=older_than_s)
+    ids = list(session.scalars(select(Job.id).where(Job.status == "queued", Job.updated_at < limit)))
+    touched = []
+    for job_id in ids:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued", Job.updated_at < limit)
+            .values(updated_at=now())
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            touched.append(job_id)
+    return touched
+
+
 def delete_job(session: Session, *, job_id: str) -> None:
     job = session.get(Job, job_id)
     if job is not None:

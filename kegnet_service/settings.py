@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     sandbox_timeout_s: float = Field(
         default=300.0, gt=0, description="time limit when first loading an upload"
     )
+    reap_interval_s: float = Field(default=15.0, gt=0, description="seconds between reaper rounds")
+    queued_resend_s: float = Field(
+        default=600.0, gt=0, description="a job queued this long without a worker taking it is sent again"
+    )
     jail_memory_mb: int = Field(
         default=16384, gt=0, description="address-space limit of a job's process (CPU jobs)"
     )

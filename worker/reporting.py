@@ -3,6 +3,7 @@ cancellation and the per-job time limit."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +13,9 @@ from kegnet_core.errors import Cancelled
 from kegnet_core.progress import ProgressEvent
 from kegnet_service import jobs
 from kegnet_service.db import session_scope
+from kegnet_service.retry import is_transient
+
+log = logging.getLogger("kegnet.worker")
 
 MAX_CURVE_POINTS = 500
 
@@ -94,13 +98,20 @@ class JobReporter:
             "detail": event.detail,
             "preview_version": self.preview_version,
         }
-        with session_scope(self.database_url) as session:
-            cancel = jobs.record_progress(
-                session,
-                job_id=self.job_id,
-                stage=event.stage,
-                progress=jobs.overall_progress(self.task, event.stage, fraction),
-                metrics=metrics,
-            )
+        try:
+            with session_scope(self.database_url) as session:
+                cancel = jobs.record_progress(
+                    session,
+                    job_id=self.job_id,
+                    stage=event.stage,
+                    progress=jobs.overall_progress(self.task, event.stage, fraction),
+                    metrics=metrics,
+                )
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # The database is briefly away: the job goes on, the next write catches up.
+            log.warning("progress of job %s not recorded: %s", self.job_id, exc)
+            return
         if cancel:
             raise Cancelled()

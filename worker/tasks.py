@@ -24,6 +24,7 @@ from kegnet_service.db import session_scope
 from kegnet_service.logs import bound_job
 from kegnet_service.queue import REAP, RUN_JOB
 from kegnet_service.reaper import reap_once
+from kegnet_service.retry import is_transient, with_retries
 from kegnet_service.settings import Settings, get_settings
 from kegnet_service.storage import LocalStore, S3Store, StoreError, open_store
 from worker.heartbeat import Heartbeat
@@ -65,8 +66,21 @@ def _save_preview(store: LocalStore | S3Store, job_id: str, png: bytes, work: Pa
 
 
 def _finish(settings: Settings, job_id: str, **values: Any) -> None:
-    with session_scope(settings.resolved_database_url) as session:
-        jobs.finish_job(session, job_id=job_id, **values)
+    def write() -> None:
+        with session_scope(settings.resolved_database_url) as session:
+            jobs.finish_job(session, job_id=job_id, **values)
+
+    with_retries(write, what=f"recording the end of job {job_id}")
+
+
+def _requeue(settings: Settings, job_id: str) -> None:
+    """Hand the job back (its attempt counts) for the reaper to send again once the outage passes."""
+
+    def write() -> None:
+        with session_scope(settings.resolved_database_url) as session:
+            jobs.requeue_job(session, job_id=job_id)
+
+    with_retries(write, what=f"re-queueing job {job_id}")
 
 
 def execute_job(job_id: str, settings: Settings | None = None, worker: str | None = None) -> str:
@@ -78,21 +92,36 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
     from kegnet_core.spec import parse_spec
 
     settings = settings or get_settings()
-    with session_scope(settings.resolved_database_url) as session:
-        job = jobs.claim_job(
-            session, job_id=job_id, worker=worker or worker_name(), max_attempts=settings.max_attempts
-        )
-        if job is None:
-            log.info("job %s is not queued; skipping", job_id)
-            return "skipped"
-        spec_data = dict(job.spec)
+
+    def claim() -> dict[str, Any] | None:
+        with session_scope(settings.resolved_database_url) as session:
+            job = jobs.claim_job(
+                session, job_id=job_id, worker=worker or worker_name(), max_attempts=settings.max_attempts
+            )
+            return dict(job.spec) if job is not None else None
+
+    # If the database stays away past the retries the message is dropped and the row stays
+    # queued: the reaper sends it again later (kegnet_service.reaper).
+    spec_data = with_retries(claim, what=f"claiming job {job_id}")
+    if spec_data is None:
+        log.info("job %s is not queued; skipping", job_id)
+        return "skipped"
     store = _store(settings)
     work = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=_work_dir(settings)))
     outcome = "failed"
     try:
         spec = parse_spec(spec_data)
         teacher = work / "teacher.pt"
-        store.get_file(jobs.model_key(job_id), teacher)
+        try:
+            with_retries(
+                lambda: store.get_file(jobs.model_key(job_id), teacher), what=f"fetching job {job_id}"
+            )
+        except StoreError as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("the store stayed unreachable; job %s goes back to the queue", job_id)
+            _requeue(settings, job_id)
+            return "requeued"
         with Heartbeat(settings.resolved_database_url, job_id, settings.heartbeat_interval_s) as heartbeat:
             reporter = JobReporter(
                 database_url=settings.resolved_database_url,
@@ -132,7 +161,11 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
             written = report.artifacts
             extras = [*written.samples, *([written.latent_walk] if written.latent_walk else [])]
             bundle_generators(Layout(out_dir), written.generators, extras)
-            artifacts = _upload_outputs(store, job_id, out_dir)
+            artifacts = with_retries(
+                lambda: _upload_outputs(store, job_id, out_dir),
+                what=f"storing job {job_id}'s results",
+                attempts=9,
+            )
         _finish(
             settings, job_id, status="succeeded", report=report.model_dump(mode="json"), artifacts=artifacts
         )

@@ -15,12 +15,12 @@ from kegnet_service.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-KEGNET_SERVICES = ("migrate", "api", "worker")
+KEGNET_SERVICES = ("migrate", "api", "worker", "reaper")
 SECRET = re.compile(r"^\$\{[A-Z_]+:\?[^}]+\}$")
 
 
 def test_every_service_is_there():
-    assert {"api", "worker", "postgres", "redis", "minio", "migrate", "flower"} <= set(SERVICES)
+    assert {"api", "worker", "reaper", "postgres", "redis", "minio", "migrate", "flower"} <= set(SERVICES)
 
 
 def test_healthchecks_everywhere_but_the_one_shot_migration():
@@ -30,7 +30,7 @@ def test_healthchecks_everywhere_but_the_one_shot_migration():
 
 
 def test_dependencies_wait_for_health():
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "reaper"):
         depends = SERVICES[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
         assert depends["redis"]["condition"] == "service_healthy"

@@ -218,8 +218,10 @@ class Deployment:
         return process
 
     def start_api(self) -> None:
+        """The API, and the deployment's one reaper beside it (as docker-compose runs them)."""
         port = free_port()
         self._spawn("api", "api", "--port", str(port), "--loglevel", "WARNING")
+        self._spawn("reaper", "reaper", "--loglevel", "INFO")
         self.api_url = f"http://127.0.0.1:{port}"
         wait_until(lambda: self._ready(), 60, "the API")
 
@@ -273,6 +275,7 @@ def deployment_env(
             "KEGNET_API_KEYS": f"alice:{API_KEY},bob:{OTHER_KEY}",
             "KEGNET_HEARTBEAT_INTERVAL_S": "1",
             "KEGNET_HEARTBEAT_TIMEOUT_S": "6",
+            "KEGNET_REAP_INTERVAL_S": "1",
             "AWS_ACCESS_KEY_ID": S3_KEY,
             "AWS_SECRET_ACCESS_KEY": S3_SECRET,
             "AWS_DEFAULT_REGION": "us-east-1",

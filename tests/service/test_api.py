@@ -420,3 +420,24 @@ def test_a_job_that_keeps_killing_workers_fails_after_max_attempts(client, setti
     job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
     assert job["status"] == "failed" and job["error"]["code"] == "worker_lost"
     assert job["attempts"] == settings.max_attempts
+
+
+def test_a_queued_job_whose_message_was_lost_is_sent_again(client, settings, tiny_model_bytes):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from kegnet_service.reaper import reap_once
+
+    job_id = submit(client, tiny_model_bytes).json()["id"]
+    celery = client.app.state.services.celery
+    for message in _queued_messages(settings):
+        message.unlink()  # the broker lost it (a restart without persistence)
+    assert reap_once(settings, celery) == []  # still young: nothing to do
+    with session_scope(settings.resolved_database_url) as session:
+        stamp = jobs.now() - timedelta(seconds=settings.queued_resend_s + 1)
+        session.execute(update(Job).where(Job.id == job_id).values(updated_at=stamp))
+    assert reap_once(settings, celery) == [job_id]
+    assert len(_queued_messages(settings)) == 1
+    assert reap_once(settings, celery) == []  # touched when sent: not again at once
+    assert execute_job(job_id, settings) == "succeeded"

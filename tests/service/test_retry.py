@@ -1,0 +1,86 @@
+"""A passing outage of the store or the database is retried; a lasting one hands the job back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from kegnet_service import jobs
+from kegnet_service.db import session_scope
+from kegnet_service.retry import is_transient, with_retries
+from kegnet_service.storage import LocalStore, ObjectMissing, StoreError
+from worker.tasks import execute_job
+
+from .conftest import auth, submit
+
+
+def test_transient_errors_are_retried_with_growing_pauses():
+    calls, pauses = [], []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise StoreError("connection reset")
+        return "done"
+
+    assert with_retries(flaky, what="a test", sleep=pauses.append) == "done"
+    assert len(calls) == 3 and pauses == [0.5, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (StoreError("timeout"), True),
+        (ObjectMissing("jobs/x/teacher.pt"), False),
+        (OperationalError("SELECT 1", {}, Exception("server closed the connection")), True),
+        (IntegrityError("INSERT", {}, Exception("duplicate key")), False),
+        (ValueError("a bug"), False),
+    ],
+)
+def test_what_counts_as_transient(error, transient):
+    assert is_transient(error) is transient
+    calls = []
+
+    def failing() -> None:
+        calls.append(1)
+        raise error
+
+    with pytest.raises(type(error)):
+        with_retries(failing, what="a test", attempts=3, sleep=lambda _s: None)
+    assert len(calls) == (3 if transient else 1)
+
+
+class FlakyStore(LocalStore):
+    """A local store whose reads fail ``failures`` times before working."""
+
+    def __init__(self, root: Path, failures: int) -> None:
+        super().__init__(root)
+        self.failures = failures
+
+    def get_file(self, key: str, path: Path) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreError("the store is restarting")
+        super().get_file(key, path)
+
+
+def test_a_store_outage_puts_the_job_back_instead_of_failing_it(
+    client, settings, tiny_model_bytes, monkeypatch
+):
+    import worker.tasks as tasks
+
+    job_id = submit(client, tiny_model_bytes).json()["id"]
+    monkeypatch.setattr("kegnet_service.retry.time.sleep", lambda _s: None)
+    down = FlakyStore(settings.home / "store", failures=100)
+    monkeypatch.setattr(tasks, "_store", lambda _settings: down)
+    assert execute_job(job_id, settings) == "requeued"
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
+    assert job["status"] == "queued" and job["attempts"] == 1
+    # The outage passes (a blip of two failed reads): the job runs.
+    monkeypatch.setattr(tasks, "_store", lambda _settings: FlakyStore(settings.home / "store", failures=2))
+    assert execute_job(job_id, settings) == "succeeded"
+    with session_scope(settings.resolved_database_url) as session:
+        row = jobs.get_job(session, job_id=job_id)
+        assert row is not None and row.attempts == 2
