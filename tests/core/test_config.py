@@ -52,7 +52,7 @@ def test_a_big_teacher_gets_fewer_inputs_before_fewer_steps():
     fitted = fit_synthesis(config, macs)
     assert fitted.samples == 512 and fitted.probe_samples == 128  # the floors, first
     assert 200 < fitted.steps < 300  # then the steps that fit
-    assert (fitted.samples + fitted.probe_samples) * fitted.steps * macs <= config.work_limit
+    assert (fitted.samples + fitted.probe_samples) * fitted.steps * macs <= 4e12
     # A teacher too big for the floors keeps them and the fewest steps.
     huge = fit_synthesis(config, 10**10)
     assert (huge.samples, huge.steps) == (512, config.min_steps)
@@ -63,5 +63,5 @@ def test_distillation_steps_shrink_with_the_teacher():
     assert fit_distillation(config, 1_000_000).steps == 1500
     fitted = fit_distillation(config, 26_400_000)
     assert 300 <= fitted.steps < 1500
-    assert fitted.steps * config.batch_size * 26_400_000 <= config.work_limit
+    assert fitted.steps * config.batch_size * 26_400_000 <= 1.2e12
     assert fit_distillation(config, 10**10).steps == config.floor_steps
