@@ -17,7 +17,8 @@ from .conftest import auth, submit
 
 
 def test_transient_errors_are_retried_with_growing_pauses():
-    calls, pauses = [], []
+    calls: list[int] = []
+    pauses: list[float] = []
 
     def flaky() -> str:
         calls.append(1)
