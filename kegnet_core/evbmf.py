@@ -10,8 +10,10 @@ ranks; it is what reproduces the paper's 3.62x for LeNet5 ``conv3``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
+from scipy.optimize import minimize_scalar
 
 # Constants of the analytic solution (Nakajima et al. 2013, Theorem 5).
 TAU_SCALE = 2.5129
@@ -36,29 +38,15 @@ def _free_energy(
     return float(energy) + residual / (cols * sigma2) + (rows - len(s)) * math.log(sigma2)
 
 
-def _minimise(function: object, low: float, high: float, grid: int = 400, iterations: int = 100) -> float:
-    """Global-ish minimum of a 1-D function: a log grid, then golden sections."""
-    assert callable(function)
+def _minimise(function: Callable[[float], float], low: float, high: float, grid: int = 400) -> float:
+    """Global-ish minimum of a 1-D function on [low, high]: a log grid finds the basin (the free
+    energy has several), then scipy's bounded Brent search refines it."""
     points = torch.logspace(math.log10(low), math.log10(high), grid, dtype=torch.float64).tolist()
     values = [function(point) for point in points]
     best = min(range(grid), key=values.__getitem__)
-    a = points[max(best - 1, 0)]
-    b = points[min(best + 1, grid - 1)]
-    ratio = (math.sqrt(5) - 1) / 2
-    c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = function(c), function(d)
-    for _ in range(iterations):
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - ratio * (b - a)
-            fc = function(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + ratio * (b - a)
-            fd = function(d)
-        if b - a < 1e-12 * max(abs(a), 1e-30):
-            break
-    return (a + b) / 2
+    a, b = points[max(best - 1, 0)], points[min(best + 1, grid - 1)]
+    result = minimize_scalar(function, bounds=(a, b), method="bounded", options={"xatol": 1e-12 * a})
+    return float(result.x)
 
 
 def evbmf_rank(matrix: torch.Tensor) -> int:
