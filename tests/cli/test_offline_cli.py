@@ -36,6 +36,8 @@ def test_compress_writes_the_student_and_its_report(teacher: Path, tmp_path: Pat
         "1,8,8",
         "--preset",
         "quick",
+        "--prior",
+        "kegnet",
         "--layers",
         "block.0",
         "--ranks",
