@@ -98,14 +98,6 @@ def feature_loss(
     return torch.stack(losses).mean()
 
 
-def _learning_rate(config: DistillConfig, step: int) -> float:
-    if config.final_learning_rate is None:
-        return config.learning_rate
-    progress = step / max(config.steps - 1, 1)
-    cosine = 0.5 * (1 + math.cos(math.pi * progress))
-    return config.final_learning_rate + (config.learning_rate - config.final_learning_rate) * cosine
-
-
 def distill_student(
     student: nn.Module,
     teacher: nn.Module,
@@ -129,6 +121,14 @@ def distill_student(
         if parameter.is_floating_point():
             trainable.append(parameter)
     optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
+    # Cosine decay to ``final_learning_rate`` over the run (None: a constant rate).
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(config.steps - 1, 1), eta_min=config.final_learning_rate
+        )
+        if config.final_learning_rate is not None
+        else None
+    )
 
     held_out = source.sample(config.eval_samples, rng)
     held_out_logits = teacher_logits(teacher, held_out)
@@ -149,8 +149,7 @@ def distill_student(
     running = 0.0
     order = torch.empty(0, dtype=torch.long)
     for step in range(config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(config, step)
+        rate = optimizer.param_groups[0]["lr"]
         if pool is not None and pool_logits is not None:
             position = (step * config.batch_size) % len(pool)
             if position == 0:
@@ -167,6 +166,8 @@ def distill_student(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         running += float(loss.detach())
         done = step + 1
         if done % config.eval_every == 0 or done == config.steps:
@@ -177,7 +178,7 @@ def distill_student(
                 "loss": running / count,
                 "held_out_kl": held_out_kl,
                 "agreement": agreement(student, held_out, held_out_classes),
-                "lr": _learning_rate(config, step),
+                "lr": rate,
             }
             running = 0.0
             result.history.append(record)
