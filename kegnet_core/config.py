@@ -160,13 +160,17 @@ class DistillConfig:
     patience_evals: int | None = 50  # stop after this many checks without improvement
     min_steps: int = 10_000
     # At most this many teacher MACs over the whole run (steps x batch x MACs per
-    # input): big teachers get fewer steps, never below ``floor_steps``. None: no limit.
+    # input): big teachers get fewer steps, never below ``floor_steps``; where that
+    # leaves fewer than ``small_batch_below`` steps, batches of ``small_batch_size``
+    # and twice the steps (ResNet14: 86.0% against 84.1%). None: no limit.
     work_limit: float | None = None
     floor_steps: int = 200
+    small_batch_size: int = 64
+    small_batch_below: int = 1000
 
     def __post_init__(self) -> None:
         _check_positive(self, "steps", "batch_size", "learning_rate", "temperature", "eval_every")
-        _check_positive(self, "eval_samples", "floor_steps")
+        _check_positive(self, "eval_samples", "floor_steps", "small_batch_size", "small_batch_below")
         if self.work_limit is not None and self.work_limit <= 0:
             raise ValueError("distill.work_limit must be above 0 or null")
         _check_at_least(self, 0, "feature_weight", "min_steps")
@@ -194,14 +198,18 @@ def fit_synthesis(config: SynthesisConfig, macs: int) -> SynthesisConfig:
 
 
 def fit_distillation(config: DistillConfig, macs: int) -> DistillConfig:
-    """``config`` with fewer steps where the whole run would pass its work limit."""
+    """``config`` with fewer steps (and, when few are left, smaller batches) where the whole run
+    would pass its work limit."""
     if config.work_limit is None or macs <= 0:
         return config
-    steps = int(config.work_limit / (config.batch_size * macs))
-    if steps >= config.steps:
+    samples = config.work_limit / macs  # inputs the student may see
+    if samples >= config.steps * config.batch_size:
         return config
-    steps = max(config.floor_steps, steps)
-    return replace(config, steps=steps, eval_every=min(config.eval_every, steps))
+    batch = config.batch_size
+    if samples / batch < config.small_batch_below and config.small_batch_size < batch:
+        batch = config.small_batch_size
+    steps = max(config.floor_steps, min(config.steps, int(samples / batch)))
+    return replace(config, steps=steps, batch_size=batch, eval_every=min(config.eval_every, steps))
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,12 @@ def test_a_big_teacher_gets_fewer_inputs_before_fewer_steps():
 def test_distillation_steps_shrink_with_the_teacher():
     config = DistillConfig(steps=1500, batch_size=128, work_limit=1.2e12, floor_steps=300, eval_every=100)
     assert fit_distillation(config, 1_000_000).steps == 1500
+    # A little over the limit: fewer steps of the same batch.
+    trimmed = fit_distillation(config, 7_150_000)
+    assert trimmed.batch_size == 128 and 1000 <= trimmed.steps < 1500
+    assert trimmed.steps * 128 * 7_150_000 <= 1.2e12
+    # Far over: smaller batches, so the student still takes several hundred steps.
     fitted = fit_distillation(config, 26_400_000)
-    assert 300 <= fitted.steps < 1500
-    assert fitted.steps * config.batch_size * 26_400_000 <= 1.2e12
+    assert fitted.batch_size == config.small_batch_size and 600 <= fitted.steps < 1000
+    assert fitted.steps * fitted.batch_size * 26_400_000 <= 1.2e12
     assert fit_distillation(config, 10**10).steps == config.floor_steps
