@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-STAGES = ("validating", "extracting", "compressing", "distilling", "exporting")
+from kegnet_core.spec import Stage
+
+STAGES = tuple(stage.value for stage in Stage)  # in the order they run
 
 
 @dataclass(frozen=True)

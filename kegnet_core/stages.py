@@ -38,7 +38,7 @@ from kegnet_core.sources import (
     needs_synthesis,
     resolve_prior,
 )
-from kegnet_core.spec import CompressionSpec, Prior, Stage, Task
+from kegnet_core.spec import CompressionSpec, Prior, Task
 from kegnet_core.synthesis import synthesise
 from kegnet_core.tucker import CompressionPlan, apply_plan, plan_compression
 
@@ -339,5 +339,3 @@ def export_student(
         latency=latency,
     )
 
-
-STAGE_ORDER = tuple(Stage)
