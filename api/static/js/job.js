@@ -165,6 +165,19 @@ function highlight(label, value, note) {
   return h("div", { class: "highlight" }, h("span", {}, label), h("strong", {}, value), note ? h("small", {}, note) : null);
 }
 
+/** The report's own estimate of the accuracy lost, or why it cannot give one. */
+function qualityHighlight(quality) {
+  if (!quality) return null;
+  if (quality.estimated_loss === null || quality.estimated_loss === undefined) {
+    return highlight("Estimated accuracy loss", "cannot tell", quality.reason);
+  }
+  return highlight(
+    "Estimated accuracy loss",
+    `${quality.estimated_loss.toFixed(2)} points`,
+    `Tucker only: ${Number(quality.tucker_only_estimated_loss).toFixed(2)}; ${quality.reason}`,
+  );
+}
+
 function resultView(job) {
   const report = job.report || {};
   const agreement = report.agreement || {};
@@ -176,10 +189,11 @@ function resultView(job) {
         "div",
         { class: "highlights" },
         highlight("Compression", ratio(report.compression_ratio), "fewer parameters"),
+        qualityHighlight(report.quality),
         highlight(
           "Agreement with teacher",
           percent(agreement.student_vs_teacher),
-          agreement.source ? `on ${integer(agreement.samples)} ${agreement.source} samples` : null,
+          agreement.source ? `on ${integer(agreement.samples)} held-out ${agreement.source} inputs` : null,
         ),
         highlight("Tucker only, before distilling", percent(agreement.tucker_only_vs_teacher)),
       ),
