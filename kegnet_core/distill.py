@@ -32,6 +32,7 @@ class DistillResult:
     best_step: int = 0
     best_divergence: float = math.inf
     best_agreement: float = 0.0
+    resumed_from: int = 0  # the step a checkpoint resumed this run at (0: from the start)
 
 
 @torch.no_grad()
@@ -107,11 +108,16 @@ def distill_student(
     rng: torch.Generator,
     matched_layers: Sequence[str] = (),
     progress: ProgressCallback = ignore_progress,
+    resume: dict[str, Any] | None = None,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> DistillResult:
     """Train ``student`` in place; on return it holds its best weights.
 
     With ``config.feature_weight`` > 0, the outputs of ``matched_layers``
-    (module paths present in both models) are matched too.
+    (module paths present in both models) are matched too.  At every check
+    ``on_checkpoint`` gets the whole state of the run; given back as
+    ``resume`` (with ``rng`` fresh from the same seed), the run goes on from
+    there exactly as it would have.
     """
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
@@ -148,7 +154,23 @@ def distill_student(
     checks_without_gain = 0
     running = 0.0
     order = torch.empty(0, dtype=torch.long)
-    for step in range(config.steps):
+    start = 0
+    if resume is not None:
+        start = int(resume["done"])
+        result.resumed_from = start
+        student.load_state_dict(resume["student"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(resume["schedule"])
+        rng.set_state(resume["rng"])
+        best_state = resume["best_state"]
+        result.history = list(resume["history"])
+        result.best_step = int(resume["best_step"])
+        result.best_divergence = float(resume["best_divergence"])
+        result.best_agreement = float(resume["best_agreement"])
+        checks_without_gain = int(resume["checks_without_gain"])
+        order = resume["order"]
+    for step in range(start, config.steps):
         rate = optimizer.param_groups[0]["lr"]
         if pool is not None and pool_logits is not None:
             position = (step * config.batch_size) % len(pool)
@@ -189,6 +211,23 @@ def distill_student(
                 checks_without_gain = 0
             else:
                 checks_without_gain += 1
+            if on_checkpoint is not None:
+                on_checkpoint(
+                    {
+                        "done": done,
+                        "student": copy.deepcopy(student.state_dict()),
+                        "optimizer": copy.deepcopy(optimizer.state_dict()),
+                        "schedule": schedule.state_dict() if schedule is not None else None,
+                        "rng": rng.get_state(),
+                        "best_state": best_state,
+                        "history": result.history,
+                        "best_step": result.best_step,
+                        "best_divergence": result.best_divergence,
+                        "best_agreement": result.best_agreement,
+                        "checks_without_gain": checks_without_gain,
+                        "order": order,
+                    }
+                )
             progress(ProgressEvent("distilling", done, config.steps, dict(record)))
             if (
                 config.patience_evals is not None

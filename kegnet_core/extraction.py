@@ -10,7 +10,7 @@ loss).  A zero-weight loss is not computed at all.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -173,13 +173,20 @@ def extract_generators(
     device: torch.device,
     progress: ProgressCallback = ignore_progress,
     previews: bool = False,
+    done: Sequence[TrainedGenerator] = (),
+    on_generator: Callable[[list[TrainedGenerator]], None] | None = None,
 ) -> list[TrainedGenerator]:
-    """Train ``config.generators`` generators, each with its own seed."""
+    """Train ``config.generators`` generators, each with its own seed.
+
+    ``done`` are generators trained before (resuming: each has its own seed,
+    so the rest train as they would have); ``on_generator`` is told the
+    trained ones after each (checkpoints).
+    """
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
-    trained = []
+    trained = list(done)
     total = config.generators * config.steps
-    for index in range(config.generators):
+    for index in range(len(trained), config.generators):
         trained.append(
             train_generator(
                 teacher,
@@ -195,4 +202,6 @@ def extract_generators(
                 previews=previews,
             )
         )
+        if on_generator is not None:
+            on_generator(trained)
     return trained

@@ -247,6 +247,7 @@ def run_jailed(
     previews: bool = False,
     require_filesystem: bool = False,
     sandbox: SandboxLimits | None = None,
+    checkpoints: str | Path | None = None,
 ) -> tuple[dict[str, Any], Isolation]:
     """Run the pipeline on ``model_path`` in a jailed child; return its report (JSON) and isolation.
 
@@ -255,7 +256,9 @@ def run_jailed(
     killed and the exception goes on.  ``require_filesystem`` fails the job
     where the kernel cannot confine the child's files (no Landlock).  With
     ``sandbox`` limits, the child first loads and runs the model once under
-    those tighter limits (:mod:`kegnet_core.sandbox`), inside the jail.
+    those tighter limits (:mod:`kegnet_core.sandbox`), inside the jail.  With a
+    ``checkpoints`` folder (which the child may write), the run saves its
+    progress there and resumes from what it finds (:mod:`kegnet_core.checkpoint`).
     """
     limits = limits or JailLimits()
     model_path, out_dir, scratch = (
@@ -265,6 +268,9 @@ def run_jailed(
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     scratch.mkdir(parents=True, exist_ok=True)
+    saved = Path(checkpoints).resolve() if checkpoints is not None else None
+    if saved is not None:
+        saved.mkdir(parents=True, exist_ok=True)
     request = {
         "model": str(model_path),
         "spec": spec_json,
@@ -273,7 +279,8 @@ def run_jailed(
         "previews": previews,
         "threads": limits.threads,
         "readable": [str(model_path.parent)],
-        "writable": [str(out_dir), str(scratch)],
+        "writable": [str(out_dir), str(scratch), *([str(saved)] if saved is not None else [])],
+        "checkpoints": str(saved) if saved is not None else None,
         "require_filesystem": require_filesystem,
         "sandbox": asdict(sandbox) if sandbox is not None else None,
     }
@@ -446,6 +453,7 @@ def main() -> int:
             device=request.get("device"),
             previews=bool(request.get("previews")),
             sandbox=sandbox,
+            checkpoints=request.get("checkpoints"),
         )
         pipe.send({"report": report.model_dump(mode="json")})
     except KegnetError as exc:

@@ -20,6 +20,7 @@ import torch
 
 from kegnet_core import artifacts as files
 from kegnet_core import stages
+from kegnet_core.checkpoint import Checkpoints
 from kegnet_core.config import Recipe
 from kegnet_core.measure import parameter_count
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
@@ -80,6 +81,7 @@ def run(
     measure_latency: bool = True,
     sandbox: SandboxLimits | None = None,
     previews: bool = False,
+    checkpoints: str | Path | None = None,
 ) -> Report:
     """Run ``spec.task`` on the TorchScript at ``model_path``; write artifacts and report to ``out``.
 
@@ -87,7 +89,9 @@ def run(
     ``sandbox`` limits the model is first loaded and run once in a limited
     child process (:mod:`kegnet_core.sandbox`), as the service does for every
     upload.  With ``previews``, each extraction epoch also sends a PNG of the
-    current samples in its progress event.
+    current samples in its progress event.  With a ``checkpoints`` folder,
+    the run saves its progress there and resumes from what it finds
+    (:mod:`kegnet_core.checkpoint`).
     """
     started = time.perf_counter()
     model_path = Path(model_path)
@@ -97,6 +101,11 @@ def run(
     torch_device = pick_device(device)
     clock = _Clock(progress)
     report = _new_report(spec, recipe, torch_device, model_path)
+    saved = (
+        Checkpoints.for_run(Path(checkpoints), model_path, spec.model_dump_json())
+        if checkpoints is not None
+        else None
+    )
 
     with clock.stage(Stage.VALIDATING):
         validated = stages.validate(model_path, spec, device=torch_device, sandbox=sandbox)
@@ -107,7 +116,9 @@ def run(
         report.prior = resolve_prior(spec.prior, validated.batch_norms, validated.input_shape).value
 
     if spec.task is Task.EXTRACT:
-        _extract_pipeline(validated, spec, recipe, report, clock, layout, torch_device, progress, previews)
+        _extract_pipeline(
+            validated, spec, recipe, report, clock, layout, torch_device, progress, previews, saved
+        )
     else:
         _compress_pipeline(
             validated,
@@ -121,6 +132,7 @@ def run(
             progress,
             previews,
             measure_latency,
+            saved,
         )
     report.timings_s = {**clock.seconds, "total": round(time.perf_counter() - started, 3)}
     report.artifacts.report = layout.path(files.REPORT.file).name
@@ -138,10 +150,17 @@ def _extract_pipeline(
     device: torch.device,
     progress: ProgressCallback,
     previews: bool,
+    checkpoints: Checkpoints | None,
 ) -> None:
     with clock.stage(Stage.EXTRACTING):
         extracted = stages.extract(
-            validated, spec, recipe, device=device, progress=progress, previews=previews
+            validated,
+            spec,
+            recipe,
+            device=device,
+            progress=progress,
+            previews=previews,
+            checkpoints=checkpoints,
         )
     report.history.update(extracted.history)
     with clock.stage(Stage.EXPORTING):
@@ -160,13 +179,20 @@ def _compress_pipeline(
     progress: ProgressCallback,
     previews: bool,
     measure_latency: bool,
+    checkpoints: Checkpoints | None,
 ) -> None:
     assert validated.plan is not None
     extracted = stages.Extracted()
     if stages.extraction_work(validated, spec, recipe).anything:
         with clock.stage(Stage.EXTRACTING):
             extracted = stages.extract(
-                validated, spec, recipe, device=device, progress=progress, previews=previews
+                validated,
+                spec,
+                recipe,
+                device=device,
+                progress=progress,
+                previews=previews,
+                checkpoints=checkpoints,
             )
         report.history.update(extracted.history)
     with clock.stage(Stage.COMPRESSING):
@@ -181,10 +207,19 @@ def _compress_pipeline(
     if resolve_prior(spec.prior, validated.batch_norms, validated.input_shape) is not Prior.NONE:
         with clock.stage(Stage.DISTILLING):
             result = stages.distill(
-                student, validated, extracted, spec, recipe, device=device, progress=progress
+                student,
+                validated,
+                extracted,
+                spec,
+                recipe,
+                device=device,
+                progress=progress,
+                checkpoints=checkpoints,
             )
         if result is not None:
             report.history["distillation"] = result.history
+            if result.resumed_from:
+                report.history["resumed_distillation_at"] = result.resumed_from
     with clock.stage(Stage.EXPORTING):
         exported = stages.export_student(
             student, model_path, validated, layout, measure_latency=measure_latency

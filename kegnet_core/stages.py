@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import fx, nn
 
 from kegnet_core import artifacts as files
+from kegnet_core.checkpoint import DISTILLATION, EXTRACTION, Checkpoints, generator_state, restore_generator
 from kegnet_core.config import Recipe, fit_distillation, fit_synthesis
 from kegnet_core.distill import DistillResult, distill_student
 from kegnet_core.errors import ModelRunError, SpecError
@@ -159,11 +161,14 @@ def extract(
     device: torch.device,
     progress: ProgressCallback = ignore_progress,
     previews: bool = False,
+    checkpoints: Checkpoints | None = None,
 ) -> Extracted:
     """Synthesise inputs and probes and train generators, as :func:`extraction_work` decides.
 
     Extract jobs train generators without snapshots (those only feed
     distillation).  Synthesis is cut to its work limit for big teachers.
+    With ``checkpoints``, each finished batch of inputs and each trained
+    generator is saved, and a run that finds them there goes on from them.
     """
     work = extraction_work(validated, spec, recipe)
     extracted = Extracted()
@@ -178,27 +183,58 @@ def extract(
     probe_steps = -(-probe_inputs // synthesis.batch_size) * per_batch
     generator_steps = extraction.generators * extraction.steps if work.generators else 0
     total = train_steps + probe_steps + generator_steps
-    if train_inputs:
-        extracted.synthesised = synthesise(
+    saved: dict[str, Any] = (checkpoints.load(EXTRACTION) if checkpoints else None) or {}
+    if saved:
+        extracted.history["resumed"] = True
+
+    def synthesised(part: str, inputs: int, seed: int, offset: int, detail: str) -> torch.Tensor:
+        rng = torch.Generator(device).manual_seed(seed)
+        before = saved.get(part, {})
+        if before:
+            rng.set_state(before["rng"])
+
+        def keep(batches: list[torch.Tensor]) -> None:
+            if checkpoints is not None:
+                saved[part] = {"batches": list(batches), "rng": rng.get_state()}
+                checkpoints.save(EXTRACTION, saved)
+
+        return synthesise(
             validated.teacher,
             validated.input_shape,
             validated.n_classes,
-            replace(synthesis, samples=train_inputs),
-            rng=torch.Generator(device).manual_seed(spec.seed + 31337),
-            progress=offset_progress(progress, 0, total),
+            replace(synthesis, samples=inputs),
+            rng=rng,
+            progress=offset_progress(progress, offset, total),
+            detail=detail,
+            finished=[batch.to(device) for batch in before.get("batches", [])],
+            on_batch=keep,
+        )
+
+    if train_inputs:
+        extracted.synthesised = synthesised(
+            "synthesis", train_inputs, spec.seed + 31337, 0, "synthesising inputs"
         )
         extracted.history["synthesis"] = {"samples": train_inputs, "steps": per_batch}
     if probe_inputs:
-        extracted.probes = synthesise(
-            validated.teacher,
-            validated.input_shape,
-            validated.n_classes,
-            replace(synthesis, samples=probe_inputs),
-            rng=torch.Generator(device).manual_seed(spec.seed + 271828),
-            progress=offset_progress(progress, train_steps, total),
-            detail="synthesising probes",
+        extracted.probes = synthesised(
+            "probes", probe_inputs, spec.seed + 271828, train_steps, "synthesising probes"
         )
     if work.generators:
+        shape, noise_dim, channels = (
+            validated.input_shape,
+            extraction.noise_dim,
+            extraction.generator_channels,
+        )
+        done = [
+            restore_generator(state, shape, validated.n_classes, noise_dim, channels, device)
+            for state in saved.get("generators", [])
+        ]
+
+        def keep_generators(trained: list[TrainedGenerator]) -> None:
+            if checkpoints is not None:
+                saved["generators"] = [generator_state(generator) for generator in trained]
+                checkpoints.save(EXTRACTION, saved)
+
         extracted.generators = extract_generators(
             validated.teacher,
             input_shape=validated.input_shape,
@@ -208,6 +244,8 @@ def extract(
             device=device,
             progress=offset_progress(progress, train_steps + probe_steps, total),
             previews=previews,
+            done=done,
+            on_generator=keep_generators,
         )
         extracted.history["extraction"] = [trained.history for trained in extracted.generators]
     return extracted
@@ -241,8 +279,12 @@ def distill(
     *,
     device: torch.device,
     progress: ProgressCallback = ignore_progress,
+    checkpoints: Checkpoints | None = None,
 ) -> DistillResult | None:
-    """Fine-tune ``student`` in place on the prior's samples; nothing for ``Prior.NONE``."""
+    """Fine-tune ``student`` in place on the prior's samples; nothing for ``Prior.NONE``.
+
+    With ``checkpoints``, the run's state is saved at every check, and a run
+    that finds it there goes on from it."""
     prior = resolve_prior(spec.prior, validated.batch_norms, validated.input_shape)
     if prior is Prior.NONE:
         return None
@@ -259,6 +301,10 @@ def distill(
         rng=rng,
         matched_layers=[layer.name for layer in validated.plan.layers],
         progress=progress,
+        resume=checkpoints.load(DISTILLATION) if checkpoints is not None else None,
+        on_checkpoint=(lambda state: checkpoints.save(DISTILLATION, state))
+        if checkpoints is not None
+        else None,
     )
 
 
@@ -338,4 +384,3 @@ def export_student(
         ],
         latency=latency,
     )
-

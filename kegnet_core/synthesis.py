@@ -13,7 +13,7 @@ against its teacher's 99.44% (Gaussian inputs: 95.37%; docs/design.md).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,12 +47,16 @@ def synthesise(
     progress: ProgressCallback = ignore_progress,
     stage: str = "extracting",
     detail: str = "synthesising inputs",
+    finished: Sequence[torch.Tensor] = (),
+    on_batch: Callable[[list[torch.Tensor]], None] | None = None,
 ) -> torch.Tensor:
     """``config.samples`` inputs optimised against ``teacher``: (samples, *input_shape).
 
     Batches of ``config.batch_size`` are optimised one after another (each
     batch's statistics are what BatchNorm matching compares).  Progress is
-    reported per step under ``stage``.
+    reported per step under ``stage``.  ``finished`` are batches done before
+    (resuming; ``rng`` must then be in the state it had after them), and
+    ``on_batch`` is told the finished batches after each one (checkpoints).
     """
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
@@ -64,8 +68,10 @@ def synthesise(
         for start in range(0, config.samples, config.batch_size)
     ]
     total = len(batches) * config.steps
-    pool = []
+    pool = list(finished)
     for index, size in enumerate(batches):
+        if index < len(pool):
+            continue
         x = torch.randn(size, *input_shape, generator=rng, device=device).requires_grad_(True)
         target = balanced_classes(size, n_classes, rng)
         optimizer = torch.optim.Adam([x], lr=config.learning_rate)
@@ -88,4 +94,6 @@ def synthesise(
                 metrics["batch_norm_distance"] = float(statistics.detach())
             progress(ProgressEvent(stage, done, total, metrics, detail))
         pool.append(x.detach())
+        if on_batch is not None:
+            on_batch(pool)
     return torch.cat(pool) if pool else torch.empty(0, *input_shape, device=device)

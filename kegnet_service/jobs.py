@@ -48,6 +48,11 @@ def artifact_key(job_id: str, name: str) -> str:
     return f"jobs/{job_id}/out/{name}"
 
 
+def checkpoint_prefix(job_id: str) -> str:
+    """Where a job's checkpoints live between attempts (kept until it ends)."""
+    return f"jobs/{job_id}/checkpoint"
+
+
 def preview_key(job_id: str) -> str:
     return f"jobs/{job_id}/live/samples.png"
 

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     queued_resend_s: float = Field(
         default=600.0, gt=0, description="a job queued this long without a worker taking it is sent again"
     )
+    checkpoint_upload_s: float = Field(
+        default=30.0, gt=0, description="at most this often a running job's checkpoints go to the store"
+    )
     jail_memory_mb: int = Field(
         default=16384, gt=0, description="address-space limit of a job's process (CPU jobs)"
     )

@@ -12,13 +12,16 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from celery import Celery, Task
 
 from kegnet_core.errors import Cancelled, KegnetError
+from kegnet_core.progress import ProgressEvent
 from kegnet_service import jobs
 from kegnet_service.db import session_scope
 from kegnet_service.logs import bound_job
@@ -63,6 +66,53 @@ def _save_preview(store: LocalStore | S3Store, job_id: str, png: bytes, work: Pa
         store.put_file(jobs.preview_key(job_id), path)
     except StoreError:
         log.warning("could not store a preview for job %s", job_id)
+
+
+class CheckpointMirror:
+    """Keeps the store's copy of a job's checkpoint folder up to date, so a re-queued job resumes.
+
+    ``fetch`` brings the last attempt's files down before the run; ``push``
+    (after progress events, at most every ``interval_s``) uploads files that
+    changed; ``drop`` removes them once the job has ended.
+    """
+
+    def __init__(self, store: LocalStore | S3Store, job_id: str, folder: Path, interval_s: float) -> None:
+        self.store, self.job_id, self.folder, self.interval_s = store, job_id, folder, interval_s
+        self.prefix = jobs.checkpoint_prefix(job_id)
+        self.sent: dict[str, float] = {}
+        self.last_push = 0.0
+
+    def fetch(self) -> list[str]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        names = []
+        for key in with_retries(lambda: self.store.list_keys(self.prefix), what="listing checkpoints"):
+            name = key.rsplit("/", 1)[-1]
+            target = self.folder / name
+            with_retries(partial(self.store.get_file, key, target), what="fetching a checkpoint")
+            self.sent[name] = target.stat().st_mtime
+            names.append(name)
+        return names
+
+    def push(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_push < self.interval_s:
+            return
+        self.last_push = now
+        for path in sorted(self.folder.glob("*.pt")):
+            modified = path.stat().st_mtime
+            if self.sent.get(path.name) == modified:
+                continue
+            try:
+                self.store.put_file(f"{self.prefix}/{path.name}", path)
+                self.sent[path.name] = modified
+            except StoreError:
+                log.warning("could not store a checkpoint of job %s; the next one will", self.job_id)
+
+    def drop(self) -> None:
+        try:
+            self.store.delete_prefix(self.prefix)
+        except StoreError:
+            log.warning("could not delete the checkpoints of job %s", self.job_id)
 
 
 def _finish(settings: Settings, job_id: str, **values: Any) -> None:
@@ -133,6 +183,14 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
                 save_preview=lambda png: _save_preview(store, job_id, png, work),
             )
             out_dir = work / "out"
+            mirror = CheckpointMirror(store, job_id, work / "checkpoint", settings.checkpoint_upload_s)
+            if resumed := mirror.fetch():
+                log.info("job %s resumes from its checkpoints %s", job_id, resumed)
+
+            def progress(event: ProgressEvent) -> None:
+                reporter(event)
+                mirror.push()
+
             limits = SandboxLimits(
                 memory_bytes=settings.sandbox_memory_mb * 1024**2,
                 cpu_seconds=int(settings.sandbox_timeout_s) + 1,
@@ -150,11 +208,12 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
                     wall_seconds=float(settings.job_time_limit_s),
                     threads=settings.jail_threads,
                 ),
-                progress=reporter,
+                progress=progress,
                 device=settings.device,
                 previews=True,
                 require_filesystem=settings.require_file_isolation,
                 sandbox=limits,
+                checkpoints=work / "checkpoint",
             )
             log.info("job ran isolated", extra={"isolation": asdict(isolation)})
             report = Report.model_validate(report_json)
@@ -170,8 +229,10 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
             settings, job_id, status="succeeded", report=report.model_dump(mode="json"), artifacts=artifacts
         )
         outcome = "succeeded"
+        store.delete_prefix(jobs.checkpoint_prefix(job_id))
     except Cancelled:
         store.delete_prefix(f"jobs/{job_id}/out")
+        store.delete_prefix(jobs.checkpoint_prefix(job_id))
         _finish(settings, job_id, status="cancelled")
         outcome = "cancelled"
     except JobTimeLimitError as exc:
@@ -180,6 +241,7 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
     except KegnetError as exc:
         message = f"{exc.field}: {exc.message}" if exc.field else exc.message
         _finish(settings, job_id, status="failed", error_code=exc.code, error_message=message)
+        store.delete_prefix(jobs.checkpoint_prefix(job_id))
     except StoreError as exc:
         _finish(settings, job_id, status="failed", error_code="store_error", error_message=str(exc))
     except Exception as exc:

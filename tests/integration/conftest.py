@@ -276,6 +276,7 @@ def deployment_env(
             "KEGNET_HEARTBEAT_INTERVAL_S": "1",
             "KEGNET_HEARTBEAT_TIMEOUT_S": "6",
             "KEGNET_REAP_INTERVAL_S": "1",
+            "KEGNET_CHECKPOINT_UPLOAD_S": "1",
             "AWS_ACCESS_KEY_ID": S3_KEY,
             "AWS_SECRET_ACCESS_KEY": S3_SECRET,
             "AWS_DEFAULT_REGION": "us-east-1",

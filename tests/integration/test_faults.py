@@ -61,6 +61,34 @@ def test_a_killed_worker_loses_no_job(deployment: Deployment, model_bytes):
     assert worker.startswith("rescuer@")
 
 
+def test_a_job_whose_worker_died_mid_distillation_resumes_from_its_checkpoint(
+    deployment: Deployment, s3_server: S3Server, model_bytes
+):
+    deployment.start_api()
+    first = deployment.start_worker("doomed")
+    job_id = submit(deployment, model_bytes, LONG)
+    prefix = deployment.env["KEGNET_STORAGE_URL"].split(f"{BUCKET}/", 1)[1]
+    checkpoint = f"{prefix}/jobs/{job_id}/checkpoint/distillation.pt"
+    client = s3_server.client()
+
+    def distillation_saved() -> bool:
+        return client.list_objects_v2(Bucket=BUCKET, Prefix=checkpoint).get("KeyCount", 0) > 0
+
+    wait_until(distillation_saved, 300, "a distillation checkpoint in the store")
+    deployment.kill(first, signal.SIGKILL)  # kill -9 the worker and its pool, mid-distillation
+    deployment.start_worker("rescuer")
+    job = wait_for(deployment, job_id, ("succeeded", "failed"), timeout=600)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 2
+    # The rescuer picked up where the checkpoint left off, not at step 0 ...
+    assert job["report"]["history"]["resumed_distillation_at"] > 0
+    # ... and the checkpoints are gone once the job has ended.
+    assert (
+        client.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/jobs/{job_id}/checkpoint/").get("KeyCount", 0)
+        == 0
+    )
+
+
 def test_cancel_mid_stage_removes_partial_files(deployment: Deployment, s3_server: S3Server, model_bytes):
     deployment.start_api()
     deployment.start_worker("w1")
