@@ -244,6 +244,23 @@ PAPER = Recipe(
 DEFAULT_SYNTHESIS_WORK = 4e12
 DEFAULT_DISTILL_WORK = 1.2e12
 
+# feature_weight: each factorised layer's output held to the original layer's on
+# the same inputs, beside the KL on logits (docs/design.md).
+_DEFAULT_DISTILL = DistillConfig(
+    steps=1500,
+    batch_size=128,
+    learning_rate=1e-3,
+    final_learning_rate=0.0,
+    temperature=1.0,
+    feature_weight=1.0,
+    pool_batches=None,
+    eval_every=100,
+    patience_evals=None,
+    min_steps=0,
+    work_limit=DEFAULT_DISTILL_WORK,
+    floor_steps=300,
+)
+
 DEFAULT = Recipe(
     name="default",
     description="Our recipe: for a teacher with BatchNorm, 1,024 inputs synthesised against it (its class "
@@ -273,35 +290,21 @@ DEFAULT = Recipe(
     # For the kegnet prior: random pen strokes beside the generators' samples
     # (docs/design.md, "The stroke prior").
     sampling=SamplingConfig(noise_scale=4.0, stroke_share=0.5),
-    # feature_weight: each factorised layer's output held to the original
-    # layer's on the same inputs, beside the KL on logits (docs/design.md).
-    distill=DistillConfig(
-        steps=1500,
-        batch_size=128,
-        learning_rate=1e-3,
-        final_learning_rate=0.0,
-        temperature=1.0,
-        feature_weight=1.0,
-        pool_batches=None,
-        eval_every=100,
-        patience_evals=None,
-        min_steps=0,
-        work_limit=DEFAULT_DISTILL_WORK,
-        floor_steps=300,
-    ),
-    baseline_distill=DistillConfig(
-        steps=1500,
-        batch_size=128,
-        learning_rate=1e-3,
-        final_learning_rate=0.0,
-        feature_weight=1.0,
-        pool_batches=None,
-        eval_every=100,
-        patience_evals=None,
-        min_steps=0,
-        work_limit=DEFAULT_DISTILL_WORK,
-        floor_steps=300,
-    ),
+    distill=_DEFAULT_DISTILL,
+    # The baselines (uniform, Gaussian, strokes, procedural) learn the same way.
+    baseline_distill=_DEFAULT_DISTILL,
+)
+
+
+_QUICK_DISTILL = DistillConfig(
+    steps=60,
+    batch_size=64,
+    learning_rate=1e-3,
+    pool_batches=None,
+    eval_every=30,
+    eval_samples=256,
+    patience_evals=None,
+    min_steps=0,
 )
 
 QUICK = Recipe(
@@ -313,26 +316,8 @@ QUICK = Recipe(
         samples=128, steps=20, batch_size=64, probe_samples=64, min_samples=64, min_steps=10
     ),
     sampling=SamplingConfig(),
-    distill=DistillConfig(
-        steps=60,
-        batch_size=64,
-        learning_rate=1e-3,
-        pool_batches=None,
-        eval_every=30,
-        eval_samples=256,
-        patience_evals=None,
-        min_steps=0,
-    ),
-    baseline_distill=DistillConfig(
-        steps=60,
-        batch_size=64,
-        learning_rate=1e-3,
-        pool_batches=None,
-        eval_every=30,
-        eval_samples=256,
-        patience_evals=None,
-        min_steps=0,
-    ),
+    distill=_QUICK_DISTILL,
+    baseline_distill=_QUICK_DISTILL,
     tucker_iterations=20,
 )
 

@@ -140,6 +140,32 @@ def run(
     return report
 
 
+def _extracting(
+    validated: stages.Validated,
+    spec: CompressionSpec,
+    recipe: Recipe,
+    report: Report,
+    clock: _Clock,
+    device: torch.device,
+    progress: ProgressCallback,
+    previews: bool,
+    checkpoints: Checkpoints | None,
+) -> stages.Extracted:
+    """The extracting stage, timed, its history into the report."""
+    with clock.stage(Stage.EXTRACTING):
+        extracted = stages.extract(
+            validated,
+            spec,
+            recipe,
+            device=device,
+            progress=progress,
+            previews=previews,
+            checkpoints=checkpoints,
+        )
+    report.history.update(extracted.history)
+    return extracted
+
+
 def _extract_pipeline(
     validated: stages.Validated,
     spec: CompressionSpec,
@@ -152,17 +178,7 @@ def _extract_pipeline(
     previews: bool,
     checkpoints: Checkpoints | None,
 ) -> None:
-    with clock.stage(Stage.EXTRACTING):
-        extracted = stages.extract(
-            validated,
-            spec,
-            recipe,
-            device=device,
-            progress=progress,
-            previews=previews,
-            checkpoints=checkpoints,
-        )
-    report.history.update(extracted.history)
+    extracted = _extracting(validated, spec, recipe, report, clock, device, progress, previews, checkpoints)
     with clock.stage(Stage.EXPORTING):
         report.artifacts = stages.export_generators(extracted, validated, recipe, layout)
 
@@ -184,17 +200,9 @@ def _compress_pipeline(
     assert validated.plan is not None
     extracted = stages.Extracted()
     if stages.extraction_work(validated, spec, recipe).anything:
-        with clock.stage(Stage.EXTRACTING):
-            extracted = stages.extract(
-                validated,
-                spec,
-                recipe,
-                device=device,
-                progress=progress,
-                previews=previews,
-                checkpoints=checkpoints,
-            )
-        report.history.update(extracted.history)
+        extracted = _extracting(
+            validated, spec, recipe, report, clock, device, progress, previews, checkpoints
+        )
     with clock.stage(Stage.COMPRESSING):
         student = stages.compress(validated, recipe, spec.seed)
         progress(

@@ -34,3 +34,16 @@ def shared() -> Path:
     if not (path / "teachers" / "kegnet").is_dir():
         pytest.skip(f"shared material not found at {path} (set KEGNET_SHARED)")
     return path
+
+
+@pytest.fixture
+def tiny_cnn(tmp_path: Path) -> Path:
+    """A small BatchNorm + residual CNN (1x8x8 inputs, 3 classes) saved as TorchScript."""
+    import torch
+
+    from tests.core.models import TinyCNN, torchscript_bytes
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    path.write_bytes(torchscript_bytes(TinyCNN(), (1, 8, 8)))
+    return path

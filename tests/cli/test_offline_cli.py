@@ -7,11 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from kegnet_cli.options import parse_ranks, parse_shape
-from tests.core.models import TinyCNN, torchscript_bytes
+from tests.core.models import TinyCNN
 
 
 def kegnet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -20,18 +19,12 @@ def kegnet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def teacher(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path / "tiny.pt"
-    path.write_bytes(torchscript_bytes(TinyCNN(), (1, 8, 8)))
-    return path
 
 
-def test_compress_writes_the_student_and_its_report(teacher: Path, tmp_path: Path):
+def test_compress_writes_the_student_and_its_report(tiny_cnn: Path, tmp_path: Path):
     result = kegnet(
         "compress",
-        str(teacher),
+        str(tiny_cnn),
         "--input-shape",
         "1,8,8",
         "--preset",
@@ -65,9 +58,9 @@ def test_compress_writes_the_student_and_its_report(teacher: Path, tmp_path: Pat
     assert "distilling" in result.stderr  # the progress bar
 
 
-def test_extract_writes_generators(teacher: Path, tmp_path: Path):
+def test_extract_writes_generators(tiny_cnn: Path, tmp_path: Path):
     result = kegnet(
-        "extract", str(teacher), "--input-shape", "1,8,8", "--preset", "quick", "-o", "gen", cwd=tmp_path
+        "extract", str(tiny_cnn), "--input-shape", "1,8,8", "--preset", "quick", "-o", "gen", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "gen" / "generator_0.pt").is_file()

@@ -12,8 +12,6 @@ from kegnet_core.pipeline import run
 from kegnet_core.progress import ProgressEvent
 from kegnet_core.spec import CompressionSpec
 
-from .models import TinyCNN, torchscript_bytes
-
 
 class Crash(Exception):
     """Stands in for a worker killed mid-job."""
@@ -31,12 +29,6 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.jit.load(str(path)).state_dict()
 
 
-@pytest.fixture
-def teacher(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path / "teacher.pt"
-    path.write_bytes(torchscript_bytes(TinyCNN(), (1, 8, 8)))
-    return path
 
 
 SMALL = {"synthesis.samples": 192, "synthesis.steps": 15, "synthesis.batch_size": 64, "distill.steps": 120}
@@ -50,15 +42,15 @@ SMALL = {"synthesis.samples": 192, "synthesis.steps": 15, "synthesis.batch_size"
         ("kegnet", "extracting", 45),  # mid-extraction with generators: from the first generator
     ],
 )
-def test_a_stopped_run_resumes_to_the_same_student(teacher, tmp_path, prior, stage, step):
+def test_a_stopped_run_resumes_to_the_same_student(tiny_cnn, tmp_path, prior, stage, step):
     overrides = {**SMALL, "extraction.generators": 2} if prior == "kegnet" else SMALL
     spec = CompressionSpec(input_shape=(1, 8, 8), preset="quick", prior=prior, seed=5, overrides=overrides)
-    straight = run(teacher, spec, tmp_path / "straight", measure_latency=False, device="cpu")
+    straight = run(tiny_cnn, spec, tmp_path / "straight", measure_latency=False, device="cpu")
 
     saved = tmp_path / "checkpoints"
     with pytest.raises(Crash):
         run(
-            teacher,
+            tiny_cnn,
             spec,
             tmp_path / "first",
             measure_latency=False,
@@ -69,7 +61,7 @@ def test_a_stopped_run_resumes_to_the_same_student(teacher, tmp_path, prior, sta
     assert any(saved.iterdir()), "nothing was saved before the stop"
     steps: list[ProgressEvent] = []
     resumed = run(
-        teacher,
+        tiny_cnn,
         spec,
         tmp_path / "second",
         measure_latency=False,
@@ -93,12 +85,12 @@ def test_a_stopped_run_resumes_to_the_same_student(teacher, tmp_path, prior, sta
         assert resumed.history.get("resumed") is True
 
 
-def test_a_checkpoint_of_another_run_is_ignored(teacher, tmp_path):
+def test_a_checkpoint_of_another_run_is_ignored(tiny_cnn, tmp_path):
     spec = CompressionSpec(input_shape=(1, 8, 8), preset="quick", seed=1, overrides=SMALL)
     saved = tmp_path / "checkpoints"
     with pytest.raises(Crash):
         run(
-            teacher,
+            tiny_cnn,
             spec,
             tmp_path / "a",
             measure_latency=False,
@@ -106,5 +98,5 @@ def test_a_checkpoint_of_another_run_is_ignored(teacher, tmp_path):
             progress=_stop_at("distilling", 70),
         )
     other = CompressionSpec(input_shape=(1, 8, 8), preset="quick", seed=2, overrides=SMALL)
-    report = run(teacher, other, tmp_path / "b", measure_latency=False, checkpoints=saved)
+    report = run(tiny_cnn, other, tmp_path / "b", measure_latency=False, checkpoints=saved)
     assert "resumed_distillation_at" not in report.history and "resumed" not in report.history

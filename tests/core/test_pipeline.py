@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from kegnet_core.progress import STAGES, ProgressEvent
 from kegnet_core.report import Report
 from kegnet_core.spec import CompressionSpec
 
-from .models import TinyCNN, TinyMLP, torchscript_bytes
+from .models import TinyMLP, torchscript_bytes
 
 FRESH_PROCESS_CHECK = """
 import json, sys, torch
@@ -35,12 +34,6 @@ print('ok')
 """
 
 
-@pytest.fixture
-def tiny_cnn(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path / "teacher.pt"
-    path.write_bytes(torchscript_bytes(TinyCNN(), (1, 8, 8)))
-    return path
 
 
 def _spec(**kwargs) -> CompressionSpec:

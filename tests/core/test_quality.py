@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kegnet_core.pipeline import run
-from kegnet_core.quality import class_balance
+from kegnet_core.quality import Probe, assess, class_balance
 from kegnet_core.spec import CompressionSpec
 
 
@@ -86,8 +86,23 @@ def test_default_beats_tucker_alone_on_real_held_out_digits(digits_teacher, tmp_
     assert distilled > alone + 0.007, (distilled, alone)
     # The report's estimate, from held-out BatchNorm-matched probes, orders them the same way.
     assert report.quality is not None and report.quality.trusted
-    assert report.quality.estimated_loss is not None and report.quality.tucker_only_estimated_loss is not None
-    assert report.quality.estimated_loss < report.quality.tucker_only_estimated_loss
+    assert report.quality.estimated_loss is not None
+    assert report.quality.estimated_loss < report.quality.details["tucker_only_probe_disagreement"]
+
+
+def test_a_large_loss_is_flagged_without_a_size():
+    # Probes the teacher reads confidently overstate a damaged student's loss: above the
+    # threshold the report says the loss is large and gives no number.
+    probe = Probe.__new__(Probe)
+    probe.inputs, probe.source, probe.data_like, probe.balance = torch.zeros(200, 1), "synthesised", True, 1.0
+    _, small = assess(probe, student_agreement=0.99, tucker_agreement=0.7)
+    assert small.trusted and small.estimated_loss == pytest.approx(1.0)
+    assert small.tucker_only_estimated_loss is None  # 30 points: large, size untold
+    _, large = assess(probe, student_agreement=0.6, tucker_agreement=0.5)
+    assert not large.trusted and large.estimated_loss is None and "large loss" in large.reason
+    probe.data_like = False
+    _, unknown = assess(probe, student_agreement=0.99, tucker_agreement=0.9)
+    assert unknown.estimated_loss is None and "no BatchNorm" in unknown.reason
 
 
 def test_noise_the_teacher_puts_in_one_class_is_not_reported_as_quality():

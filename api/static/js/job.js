@@ -174,7 +174,9 @@ function qualityHighlight(quality) {
   return highlight(
     "Estimated accuracy loss",
     `${quality.estimated_loss.toFixed(2)} points`,
-    `Tucker only: ${Number(quality.tucker_only_estimated_loss).toFixed(2)}; ${quality.reason}`,
+    quality.tucker_only_estimated_loss === null || quality.tucker_only_estimated_loss === undefined
+      ? `Tucker only: a large loss; ${quality.reason}`
+      : `Tucker only: ${Number(quality.tucker_only_estimated_loss).toFixed(2)}; ${quality.reason}`,
   );
 }
 
