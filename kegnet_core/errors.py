@@ -47,5 +47,11 @@ class SpecError(KegnetError):
     code = "invalid_spec"
 
 
+class TimeLimitError(KegnetError):
+    """The whole job ran past the wall-clock or CPU time it was given."""
+
+    code = "time_limit"
+
+
 class Cancelled(Exception):
     """Raised from a progress callback to stop a run at the next step."""

@@ -93,6 +93,28 @@ def sample_grid(
     return grid_image(samples, columns, scale=_upscale(input_shape))
 
 
+def class_grid(
+    samples: torch.Tensor,
+    classes: torch.Tensor,
+    input_shape: tuple[int, ...],
+    columns: int = 8,
+    rows: int = 10,
+) -> torch.Tensor | None:
+    """Samples grouped into rows by ``classes`` (the teacher's answers): up to ``rows`` classes.
+
+    Rows go in class order; a class with fewer than ``columns`` samples leaves
+    its row's end blank.  None when there are no samples.
+    """
+    tiles: list[torch.Tensor] = []
+    blank = torch.zeros_like(samples[:1])
+    for label in torch.unique(classes)[:rows].tolist():
+        chosen = samples[classes == label][:columns]
+        tiles.extend([chosen, *([blank] * (columns - chosen.size(0)))])
+    if not tiles:
+        return None
+    return grid_image(torch.cat(tiles), columns, scale=_upscale(input_shape))
+
+
 @torch.no_grad()
 def latent_walk(
     generator: nn.Module,

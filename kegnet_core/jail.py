@@ -38,14 +38,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from kegnet_core.errors import Cancelled, KegnetError, ModelRunError
+from kegnet_core.errors import Cancelled, KegnetError, ModelRunError, TimeLimitError
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
 from kegnet_core.sandbox import (
     ERRORS,
     MEMORY_MARKS,
     ModelCrashedError,
     ModelMemoryError,
-    ModelTimeoutError,
     SandboxLimits,
 )
 
@@ -304,7 +303,7 @@ def run_jailed(
     final: dict[str, Any] | None = None
     stderr = bytearray()
     try:
-        for message in _messages(process, deadline, stderr):
+        for message in _messages(process, deadline, limits.wall_seconds, stderr):
             if "isolation" in message:
                 isolation = Isolation(**message["isolation"])
             elif "event" in message:
@@ -321,14 +320,15 @@ def run_jailed(
         error = final["error"]
         if error.get("code") == "cancelled":
             raise Cancelled()
-        kind = {**ERRORS, InternalJobError.code: InternalJobError}.get(str(error.get("code")), ModelRunError)
+        known = {**ERRORS, InternalJobError.code: InternalJobError, TimeLimitError.code: TimeLimitError}
+        kind = known.get(str(error.get("code")), ModelRunError)
         raised = kind(str(error.get("message")), field=error.get("field"))
         raised.code = str(error.get("code") or raised.code)
         raise raised
     raise _crash(process.returncode, bytes(stderr), limits)
 
 
-def _messages(process: subprocess.Popen[bytes], deadline: float, stderr: bytearray) -> Any:
+def _messages(process: subprocess.Popen[bytes], deadline: float, wall_limit: float, stderr: bytearray) -> Any:
     """JSON lines from the child's stdout, while keeping the tail of its stderr; stops at the deadline."""
     assert process.stdout is not None and process.stderr is not None
     streams: dict[int, IO[bytes]] = {
@@ -340,7 +340,7 @@ def _messages(process: subprocess.Popen[bytes], deadline: float, stderr: bytearr
         left = deadline - time.monotonic()
         if left <= 0:
             _kill(process)
-            raise ModelTimeoutError("the job ran past its wall-clock limit", field="model")
+            raise TimeLimitError(f"the job ran past its time limit of {wall_limit:g} s")
         ready, _, _ = select.select(list(streams), [], [], min(left, 1.0))
         for fd in ready:
             chunk = os.read(fd, 1 << 16)
@@ -365,7 +365,7 @@ def _crash(returncode: int | None, stderr: bytes, limits: JailLimits) -> KegnetE
             f"the job needed more than {limits.memory_bytes // 1024**2} MiB", field="model"
         )
     if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-        return ModelTimeoutError(f"the job used over {limits.cpu_seconds} s of CPU", field="model")
+        return TimeLimitError(f"the job used over its {limits.cpu_seconds} s of CPU time")
     if returncode is not None and returncode < 0:
         name = signal.Signals(-returncode).name
         return ModelCrashedError(f"the model crashed the job's process ({name})", field="model")

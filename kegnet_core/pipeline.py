@@ -22,6 +22,7 @@ from kegnet_core import artifacts as files
 from kegnet_core import stages
 from kegnet_core.checkpoint import Checkpoints
 from kegnet_core.config import Recipe
+from kegnet_core.images import png_bytes, save_png
 from kegnet_core.measure import parameter_count
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
 from kegnet_core.quality import Probe, assess
@@ -212,8 +213,11 @@ def _compress_pipeline(
         )
     probe = _probe(validated, extracted, spec, recipe, device)
     tucker_agreement = probe.agreement(student)
+    grid = stages.prior_sample_grid(validated, extracted, spec, recipe, device=device)
     if resolve_prior(spec.prior, validated.batch_norms, validated.input_shape) is not Prior.NONE:
         with clock.stage(Stage.DISTILLING):
+            if previews and grid is not None:  # what the student will learn from, for the live view
+                progress(ProgressEvent(Stage.DISTILLING.value, 0, 1, preview=png_bytes(grid)))
             result = stages.distill(
                 student,
                 validated,
@@ -233,6 +237,8 @@ def _compress_pipeline(
             student, model_path, validated, layout, measure_latency=measure_latency
         )
         generator_files = stages.export_generators(extracted, validated, recipe, layout)
+        if grid is not None and not generator_files.samples:
+            generator_files.samples = [save_png(grid, layout.path(files.samples_file(0))).name]
     report.agreement, report.quality = assess(probe, probe.agreement(student), tucker_agreement)
     report.artifacts = Artifacts(
         student=exported.artifacts.student,

@@ -25,7 +25,7 @@ from kegnet_core.distill import DistillResult, distill_student
 from kegnet_core.errors import ModelRunError, SpecError
 from kegnet_core.export import save_generator, save_student
 from kegnet_core.extraction import TrainedGenerator, extract_generators
-from kegnet_core.images import latent_walk, sample_grid, save_png
+from kegnet_core.images import class_grid, latent_walk, sample_grid, save_png
 from kegnet_core.inspection import batch_norm_stats
 from kegnet_core.loading import load_classifier
 from kegnet_core.measure import count_macs, cpu_latency_ms, parameter_count
@@ -329,6 +329,31 @@ def export_generators(
     walk = latent_walk(extracted.generators[0].generator, n_classes, noise_dim, shape)
     written.latent_walk = save_png(walk, layout.path(files.LATENT_WALK.file)).name
     return written
+
+
+@torch.no_grad()
+def prior_sample_grid(
+    validated: Validated,
+    extracted: Extracted,
+    spec: CompressionSpec,
+    recipe: Recipe,
+    *,
+    device: torch.device,
+    count: int = 256,
+) -> torch.Tensor | None:
+    """A grid of the inputs a generator-free prior feeds distillation, one row per teacher class.
+
+    What the student learns from is worth seeing whatever the prior; the
+    KegNet prior has its own per-generator grids.  Images only.
+    """
+    prior = resolve_prior(spec.prior, validated.batch_norms, validated.input_shape)
+    if prior in (Prior.NONE, Prior.KEGNET) or len(validated.input_shape) != 3:
+        return None
+    source = build_source(prior, source_context(validated, extracted, recipe))
+    rng = torch.Generator(device).manual_seed(spec.seed)
+    samples = torch.cat([source.sample(64, rng) for _ in range(count // 64)])
+    classes = torch.cat([validated.teacher(batch).argmax(1) for batch in samples.split(64)])
+    return class_grid(samples, classes, validated.input_shape)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kegnet_core.errors import Cancelled
+from kegnet_core.errors import Cancelled, TimeLimitError
 from kegnet_core.progress import ProgressEvent
 from kegnet_service import jobs
 from kegnet_service.db import session_scope
@@ -20,7 +20,7 @@ log = logging.getLogger("kegnet.worker")
 MAX_CURVE_POINTS = 500
 
 
-class JobTimeLimitError(Exception):
+class JobTimeLimitError(TimeLimitError):
     """The job ran past its time limit."""
 
 

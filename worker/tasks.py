@@ -31,7 +31,7 @@ from kegnet_service.retry import is_transient, with_retries
 from kegnet_service.settings import Settings, get_settings
 from kegnet_service.storage import LocalStore, S3Store, StoreError, open_store
 from worker.heartbeat import Heartbeat
-from worker.reporting import JobReporter, JobTimeLimitError
+from worker.reporting import JobReporter
 
 log = logging.getLogger("kegnet.worker")
 
@@ -235,11 +235,9 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
         store.delete_prefix(jobs.checkpoint_prefix(job_id))
         _finish(settings, job_id, status="cancelled")
         outcome = "cancelled"
-    except JobTimeLimitError as exc:
-        store.delete_prefix(f"jobs/{job_id}/out")
-        _finish(settings, job_id, status="failed", error_code="time_limit", error_message=str(exc))
-    except KegnetError as exc:
+    except KegnetError as exc:  # the model's or the spec's fault, or the job's time limit
         message = f"{exc.field}: {exc.message}" if exc.field else exc.message
+        store.delete_prefix(f"jobs/{job_id}/out")
         _finish(settings, job_id, status="failed", error_code=exc.code, error_message=message)
         store.delete_prefix(jobs.checkpoint_prefix(job_id))
     except StoreError as exc:

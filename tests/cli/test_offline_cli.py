@@ -19,8 +19,6 @@ def kegnet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-
-
 def test_compress_writes_the_student_and_its_report(tiny_cnn: Path, tmp_path: Path):
     result = kegnet(
         "compress",

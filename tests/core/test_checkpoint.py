@@ -29,8 +29,6 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.jit.load(str(path)).state_dict()
 
 
-
-
 SMALL = {"synthesis.samples": 192, "synthesis.steps": 15, "synthesis.batch_size": 64, "distill.steps": 120}
 
 

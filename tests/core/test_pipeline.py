@@ -34,8 +34,6 @@ print('ok')
 """
 
 
-
-
 def _spec(**kwargs) -> CompressionSpec:
     return CompressionSpec(**{"input_shape": (1, 8, 8), "preset": "quick", **kwargs})
 

@@ -19,12 +19,17 @@ const DOWNLOADS = [
   ["generators", "Generators (zip)", "generators.zip"],
 ];
 
-function stagesOf(spec) {
+/** The stages a job goes through: "auto" shows extracting once the job has been there. */
+function stagesOf(job) {
+  const spec = job.spec || {};
   if (spec.task === "extract") return ["validating", "extracting", "exporting"];
+  const prior = (job.report && job.report.prior) || spec.prior;
+  const curves = Object.keys((job.metrics && job.metrics.curves) || {});
+  const extracted = job.stage === "extracting" || curves.some((name) => name.startsWith("extracting"));
   const stages = ["validating"];
-  if (spec.prior === "kegnet") stages.push("extracting");
+  if (prior === "kegnet" || prior === "synthesis" || extracted) stages.push("extracting");
   stages.push("compressing");
-  if (spec.prior !== "none") stages.push("distilling");
+  if (prior !== "none") stages.push("distilling");
   stages.push("exporting");
   return stages;
 }
@@ -39,7 +44,7 @@ export function eta(progress, startedAt, now = Date.now()) {
 }
 
 function stepper(job) {
-  const stages = stagesOf(job.spec || {});
+  const stages = stagesOf(job);
   const current = job.status === "succeeded" ? stages.length : stages.indexOf(job.stage);
   return h(
     "ol",
@@ -287,7 +292,7 @@ export function jobView(main, id) {
     h(
       "div",
       { class: "two-up" },
-      h("section", { class: "card" }, h("h2", {}, "Generated samples"), h("p", { class: "help" }, "One row per class."), samples),
+      h("section", { class: "card" }, h("h2", {}, "Training samples"), h("p", { class: "help" }, "What the student learned from: one row per class, as the teacher sees it."), samples),
       h("section", { class: "card" }, h("h2", {}, "Latent walk"), h("p", { class: "help" }, "From one class to another through the generator's noise."), walk),
     ),
     h("section", { class: "card" }, h("h2", {}, "Spec"), spec),
@@ -299,8 +304,13 @@ export function jobView(main, id) {
 
   async function showImage(slot, job, name, alt, live = false) {
     if (!job.links[name]) {
-      const why = job.spec.task === "compress" && job.spec.prior !== "kegnet" ? ` (prior: ${job.spec.prior})` : "";
-      placeholder(slot, `This job trained no generators${why}, so there is no image.`);
+      const prior = (job.report && job.report.prior) || job.spec.prior;
+      placeholder(
+        slot,
+        name === "latent_walk.png"
+          ? `Only generators have a latent walk, and this job trained none (prior: ${prior}).`
+          : `This job distilled on no images (prior: ${prior}), so there is no picture.`,
+      );
       return;
     }
     if (!live || !slot.querySelector("img")) placeholder(slot, "Loading…");
@@ -342,7 +352,7 @@ export function jobView(main, id) {
       clear(resultCard, h("h2", {}, job.spec.task === "extract" ? "Result" : "Before and after"), resultView(job));
       resultCard.hidden = false;
       renderDownloads(job);
-      showImage(samples, job, "samples.png", "Generated samples, one row per class");
+      showImage(samples, job, "samples.png", "Training samples, one row per class");
       showImage(walk, job, "latent_walk.png", "Latent walk between classes");
     } else {
       placeholder(samples, "No samples: the job did not finish.");
@@ -379,9 +389,9 @@ export function jobView(main, id) {
       const version = (job.metrics && job.metrics.preview_version) || 0;
       if (job.links["samples.png"] && version !== previewVersion) {
         previewVersion = version;
-        showImage(samples, job, "samples.png", "Generated samples so far, one row per class", true);
+        showImage(samples, job, "samples.png", "Training samples so far, one row per class", true);
       } else if (!previewVersion) {
-        placeholder(samples, "Drawn as soon as the generators start training.");
+        placeholder(samples, "Drawn as soon as the student's training inputs exist.");
       }
       placeholder(walk, "Drawn when the job has finished.");
     } else if (!finishedRendered) {
