@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,6 +55,23 @@ class _Clock:
         start = time.perf_counter()
         yield
         self.seconds[stage.value] = round(time.perf_counter() - start, 3)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every part of one run reads: its spec and recipe, where it writes, how it reports."""
+
+    spec: CompressionSpec
+    recipe: Recipe
+    model_path: Path
+    layout: files.Layout
+    device: torch.device
+    report: Report
+    clock: _Clock
+    progress: ProgressCallback
+    previews: bool
+    measure_latency: bool
+    checkpoints: Checkpoints | None
 
 
 def _new_report(spec: CompressionSpec, recipe: Recipe, device: torch.device, model_path: Path) -> Report:
@@ -116,97 +133,60 @@ def run(
     if spec.task is Task.COMPRESS:
         report.prior = resolve_prior(spec.prior, validated.batch_norms, validated.input_shape).value
 
+    context = _Run(
+        spec,
+        recipe,
+        model_path,
+        layout,
+        torch_device,
+        report,
+        clock,
+        progress,
+        previews,
+        measure_latency,
+        saved,
+    )
     if spec.task is Task.EXTRACT:
-        _extract_pipeline(
-            validated, spec, recipe, report, clock, layout, torch_device, progress, previews, saved
-        )
+        _extract_pipeline(validated, context)
     else:
-        _compress_pipeline(
-            validated,
-            spec,
-            recipe,
-            report,
-            clock,
-            layout,
-            model_path,
-            torch_device,
-            progress,
-            previews,
-            measure_latency,
-            saved,
-        )
+        _compress_pipeline(validated, context)
     report.timings_s = {**clock.seconds, "total": round(time.perf_counter() - started, 3)}
     report.artifacts.report = layout.path(files.REPORT.file).name
     _write_report(report, layout)
     return report
 
 
-def _extracting(
-    validated: stages.Validated,
-    spec: CompressionSpec,
-    recipe: Recipe,
-    report: Report,
-    clock: _Clock,
-    device: torch.device,
-    progress: ProgressCallback,
-    previews: bool,
-    checkpoints: Checkpoints | None,
-) -> stages.Extracted:
+def _extracting(validated: stages.Validated, run: _Run) -> stages.Extracted:
     """The extracting stage, timed, its history into the report."""
-    with clock.stage(Stage.EXTRACTING):
+    with run.clock.stage(Stage.EXTRACTING):
         extracted = stages.extract(
             validated,
-            spec,
-            recipe,
-            device=device,
-            progress=progress,
-            previews=previews,
-            checkpoints=checkpoints,
+            run.spec,
+            run.recipe,
+            device=run.device,
+            progress=run.progress,
+            previews=run.previews,
+            checkpoints=run.checkpoints,
         )
-    report.history.update(extracted.history)
+    run.report.history.update(extracted.history)
     return extracted
 
 
-def _extract_pipeline(
-    validated: stages.Validated,
-    spec: CompressionSpec,
-    recipe: Recipe,
-    report: Report,
-    clock: _Clock,
-    layout: files.Layout,
-    device: torch.device,
-    progress: ProgressCallback,
-    previews: bool,
-    checkpoints: Checkpoints | None,
-) -> None:
-    extracted = _extracting(validated, spec, recipe, report, clock, device, progress, previews, checkpoints)
-    with clock.stage(Stage.EXPORTING):
-        report.artifacts = stages.export_generators(extracted, validated, recipe, layout)
+def _extract_pipeline(validated: stages.Validated, run: _Run) -> None:
+    extracted = _extracting(validated, run)
+    with run.clock.stage(Stage.EXPORTING):
+        run.report.artifacts = stages.export_generators(extracted, validated, run.recipe, run.layout)
 
 
-def _compress_pipeline(
-    validated: stages.Validated,
-    spec: CompressionSpec,
-    recipe: Recipe,
-    report: Report,
-    clock: _Clock,
-    layout: files.Layout,
-    model_path: Path,
-    device: torch.device,
-    progress: ProgressCallback,
-    previews: bool,
-    measure_latency: bool,
-    checkpoints: Checkpoints | None,
-) -> None:
+def _compress_pipeline(validated: stages.Validated, run: _Run) -> None:
     assert validated.plan is not None
+    spec, recipe, report, device = run.spec, run.recipe, run.report, run.device
     extracted = stages.Extracted()
     if stages.extraction_work(validated, spec, recipe).anything:
-        extracted = _extracting(
-            validated, spec, recipe, report, clock, device, progress, previews, checkpoints
-        )
-    with clock.stage(Stage.COMPRESSING):
+        extracted = _extracting(validated, run)
+    with run.clock.stage(Stage.COMPRESSING):
         student = stages.compress(validated, recipe, spec.seed)
-        progress(
+        run.progress(
             ProgressEvent(
                 Stage.COMPRESSING.value, 1, 1, {"compression_ratio": validated.plan.compression_ratio}
             )
@@ -215,9 +195,9 @@ def _compress_pipeline(
     tucker_agreement = probe.agreement(student)
     grid = stages.prior_sample_grid(validated, extracted, spec, recipe, device=device)
     if resolve_prior(spec.prior, validated.batch_norms, validated.input_shape) is not Prior.NONE:
-        with clock.stage(Stage.DISTILLING):
-            if previews and grid is not None:  # what the student will learn from, for the live view
-                progress(ProgressEvent(Stage.DISTILLING.value, 0, 1, preview=png_bytes(grid)))
+        with run.clock.stage(Stage.DISTILLING):
+            if run.previews and grid is not None:  # what the student will learn from, for the live view
+                run.progress(ProgressEvent(Stage.DISTILLING.value, 0, 1, preview=png_bytes(grid)))
             result = stages.distill(
                 student,
                 validated,
@@ -225,20 +205,20 @@ def _compress_pipeline(
                 spec,
                 recipe,
                 device=device,
-                progress=progress,
-                checkpoints=checkpoints,
+                progress=run.progress,
+                checkpoints=run.checkpoints,
             )
         if result is not None:
             report.history["distillation"] = result.history
             if result.resumed_from:
                 report.history["resumed_distillation_at"] = result.resumed_from
-    with clock.stage(Stage.EXPORTING):
+    with run.clock.stage(Stage.EXPORTING):
         exported = stages.export_student(
-            student, model_path, validated, layout, measure_latency=measure_latency
+            student, run.model_path, validated, run.layout, measure_latency=run.measure_latency
         )
-        generator_files = stages.export_generators(extracted, validated, recipe, layout)
+        generator_files = stages.export_generators(extracted, validated, recipe, run.layout)
         if grid is not None and not generator_files.samples:
-            generator_files.samples = [save_png(grid, layout.path(files.samples_file(0))).name]
+            generator_files.samples = [save_png(grid, run.layout.path(files.samples_file(0))).name]
     report.agreement, report.quality = assess(probe, probe.agreement(student), tucker_agreement)
     report.artifacts = Artifacts(
         student=exported.artifacts.student,
