@@ -401,7 +401,7 @@ def test_a_job_past_its_time_limit_fails_with_a_code(tmp_path, tiny_model_bytes)
         ]
         assert execute_job(job_id, limited) == "failed"
         job = small.get(f"/v1/jobs/{job_id}", headers=auth()).json()
-    assert job["error"]["code"] == "time_limit" and "time limit" in job["error"]["message"]
+    assert job["error"]["code"] == "time_limit" and "time limit" in job["error"]["message"], job["error"]
     assert not (limited.home / "store" / "jobs" / job_id / "out").exists()
 
 
