@@ -46,6 +46,7 @@ from kegnet_core.sandbox import (
     ModelCrashedError,
     ModelMemoryError,
     SandboxLimits,
+    lower_limit,
 )
 
 CLONE_NEWUSER = 0x10000000
@@ -210,8 +211,8 @@ def _preexec(limits: JailLimits, limit_memory: bool) -> None:
     os.setsid()
     die_with_parent()
     if limit_memory:
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
+        lower_limit(resource.RLIMIT_AS, limits.memory_bytes, limits.memory_bytes)
+    lower_limit(resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 5)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     drop_network()
 

@@ -78,11 +78,20 @@ def _drop_network() -> bool:
         return False
 
 
+def lower_limit(kind: int, soft: int, hard: int) -> None:
+    """Set a resource limit, never above the one already in force: a process may not raise
+    its hard limit, and a sandbox started inside the jail inherits the jail's (tighter) ones."""
+    _, current = resource.getrlimit(kind)
+    if current != resource.RLIM_INFINITY:
+        hard = min(hard, current)
+    resource.setrlimit(kind, (min(soft, hard), hard))
+
+
 def _limit(limits: SandboxLimits) -> None:
     """Runs in the child before exec: resource limits, own process group, no network."""
     os.setsid()
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
+    lower_limit(resource.RLIMIT_AS, limits.memory_bytes, limits.memory_bytes)
+    lower_limit(resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 5)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _drop_network()
 
