@@ -24,11 +24,13 @@ class Services:
 
     settings: Settings
     sessions: sessionmaker[Session]
+    readers: sessionmaker[Session]  # autocommit, for the status poll's single SELECT
     store: LocalStore | S3Store
     celery: Celery
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: a plain attribute read, not worth a trip to the thread pool
     services: Services = request.app.state.services
     return services
 
@@ -47,24 +49,44 @@ def get_session(services: ServicesDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_owner(request: Request, services: ServicesDep) -> str:
-    """The owner of the request's API key (``Authorization: Bearer <key>``)."""
+async def get_api_key(request: Request, services: ServicesDep) -> str | None:
+    """The request's key (``Authorization: Bearer <key>``), None when auth is off.
+
+    Only read here (no database); :func:`authenticate` checks it."""
     if not services.settings.auth:
-        return "anonymous"
+        return None
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'")
-    session = services.sessions()
+    return key.strip()
+
+
+ApiKeyDep = Annotated[str | None, Depends(get_api_key)]
+
+
+def authenticate(session: Session, key: str | None) -> str:
+    """The owner of ``key`` (``anonymous`` when auth is off); 401 for an unknown or revoked key."""
+    if key is None:
+        return "anonymous"
     try:
-        owner = owner_of(session, key.strip())
+        owner = owner_of(session, key)
     except SQLAlchemyError as exc:
         raise DatabaseUnavailable() from exc
-    finally:
-        session.close()
     if owner is None:
         raise ApiError(401, "unauthorized", "the API key is not valid")
     return owner
+
+
+def get_owner(key: ApiKeyDep, services: ServicesDep) -> str:
+    """The owner of the request's key, on a session of its own (closed before an upload streams)."""
+    if key is None:
+        return "anonymous"
+    session = services.sessions()
+    try:
+        return authenticate(session, key)
+    finally:
+        session.close()
 
 
 OwnerDep = Annotated[str, Depends(get_owner)]

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 
-from api.deps import OwnerDep, Services, ServicesDep, SessionDep
+from api.deps import ApiKeyDep, OwnerDep, Services, ServicesDep, SessionDep, authenticate
 from api.errors import ApiError
 from api.schemas import ErrorBody, JobList, JobPublic, Readiness
 from api.uploads import Upload, receive_upload
@@ -26,7 +26,13 @@ from kegnet_core.operators import ForbiddenOperatorError, check_archive_code
 from kegnet_core.spec import parse_spec_json
 from kegnet_service import jobs
 from kegnet_service.db import ping
-from kegnet_service.errors import ArtifactNotFound, JobFinished, JobNotFinished, JobNotFound
+from kegnet_service.errors import (
+    ArtifactNotFound,
+    JobFinished,
+    JobNotFinished,
+    JobNotFound,
+)
+from kegnet_service.keys import owner_and_job
 from kegnet_service.models import Job
 from kegnet_service.queue import ping_broker
 from kegnet_service.states import JOB_STATUSES, TERMINAL_STATUSES
@@ -198,8 +204,28 @@ def list_jobs(
 @router.get(
     "/v1/jobs/{job_id}", response_model=JobPublic, responses=ERRORS, summary="A job's status and report"
 )
-def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobPublic:
-    return to_public(_owned_job(session, job_id, owner))
+async def get_job(job_id: str, services: ServicesDep, key: ApiKeyDep) -> Response:
+    # Every client polls this: key check, read and answer take one trip to the thread pool
+    # (each trip costs a wake-up of the event loop and a wait for the GIL).
+    return await run_in_threadpool(_poll, services, key, job_id)
+
+
+def _poll(services: Services, key: str | None, job_id: str) -> Response:
+    """Key check and job in one SELECT, outside a transaction."""
+    session = services.readers()
+    try:
+        if key is None:
+            job = _owned_job(session, job_id, authenticate(session, key))
+        else:
+            owner, found = owner_and_job(session, key, job_id)
+            if owner is None:
+                raise ApiError(401, "unauthorized", "the API key is not valid")
+            if found is None:
+                raise JobNotFound(f"no job {job_id!r}")
+            job = found
+        return Response(to_public(job).model_dump_json(), media_type="application/json")
+    finally:
+        session.close()
 
 
 @router.post(

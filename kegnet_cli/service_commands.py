@@ -127,7 +127,6 @@ def serve(args: argparse.Namespace) -> int:
 
     import migrations
     from api.app import create_app
-    from kegnet_core.jail import die_with_parent
     from kegnet_service.queue import ensure_broker_folders, make_celery
     from kegnet_service.reaper import run_forever
 
@@ -145,7 +144,7 @@ def serve(args: argparse.Namespace) -> int:
         worker_command(settings.queue, args.concurrency, args.loglevel),
         env=env,
         start_new_session=True,
-        preexec_fn=die_with_parent,  # even a kill -9 of `serve` takes its worker with it
+        preexec_fn=_worker_preexec,
     )
     # uvicorn re-raises the SIGTERM it caught once it has shut down; with the
     # default handler that would kill this process before `finally` stops the
@@ -166,6 +165,18 @@ def serve(args: argparse.Namespace) -> int:
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
+
+
+# The embedded worker shares the host with the API: it runs at a lower CPU priority, so
+# that status polls stay quick while a job trains (its jailed child adds its own niceness).
+WORKER_NICENESS = 5
+
+
+def _worker_preexec() -> None:
+    from kegnet_core.jail import die_with_parent
+
+    die_with_parent()  # even a kill -9 of `serve` takes its worker with it
+    os.nice(WORKER_NICENESS)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -66,6 +66,7 @@ class JailLimits:
     cpu_seconds: int = 24 * 3600
     wall_seconds: float = 24 * 3600.0
     threads: int = 0  # torch threads in the child; 0: torch's choice
+    niceness: int = 10  # CPU priority below the API's and the worker's, which share the host
 
 
 @dataclass
@@ -207,9 +208,12 @@ def die_with_parent() -> None:
 
 
 def _preexec(limits: JailLimits, limit_memory: bool) -> None:
-    """In the child before exec: own process group, dies with the worker, limits, no network."""
+    """In the child before exec: own process group, dies with the worker, lower CPU priority,
+    limits, no network."""
     os.setsid()
     die_with_parent()
+    if limits.niceness:
+        os.nice(limits.niceness)
     if limit_memory:
         lower_limit(resource.RLIMIT_AS, limits.memory_bytes, limits.memory_bytes)
     lower_limit(resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 5)

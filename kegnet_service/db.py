@@ -19,20 +19,47 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# Connections kept open per process.  The API answers on up to 40 threads (anyio's default);
+# with fewer pooled connections than concurrent requests, every request past the pool opens
+# and closes a connection of its own, which under a few hundred polls a second was most of
+# a poll's time.
+POOL_SIZE = 16
+POOL_OVERFLOW = 24
+
+
 @lru_cache(maxsize=8)
-def get_engine(url: str) -> Engine:
-    """One engine per URL per process (engines are not shared across fork)."""
+def get_engine(url: str, *, reads: bool = False) -> Engine:
+    """One engine per URL (and kind) per process (engines are not shared across fork).
+
+    ``reads``: an engine for single-statement reads on hot paths.  Its connections run in
+    autocommit (no BEGIN and ROLLBACK round trips around the one SELECT) and are not pinged
+    before use: after a database restart, SQLAlchemy sees the first failed statement as a
+    disconnect, answers it with an error (a 503) and replaces the whole pool."""
+    isolation = {"isolation_level": "AUTOCOMMIT"} if reads else {}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 10},
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_OVERFLOW,
+            **isolation,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(
+        url, pool_pre_ping=not reads, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, **isolation
+    )
 
 
 def session_factory(url: str) -> sessionmaker[Session]:
     return sessionmaker(get_engine(url), expire_on_commit=False)
+
+
+def read_session_factory(url: str) -> sessionmaker[Session]:
+    """Sessions for one-statement reads that change nothing (see ``get_engine(reads=True)``)."""
+    return sessionmaker(get_engine(url, reads=True), expire_on_commit=False)
 
 
 @contextmanager

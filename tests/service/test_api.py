@@ -252,6 +252,19 @@ def test_owners_see_only_their_jobs(client, tiny_model_bytes):
     assert client.get("/v1/jobs", headers=auth(ALICE)).json()["total"] == 1
 
 
+def test_a_poll_answers_what_the_listing_does_and_a_revoked_key_at_once(client, settings, tiny_model_bytes):
+    from kegnet_service.keys import revoke_keys
+
+    job_id = submit(client, tiny_model_bytes).json()["id"]
+    polled = client.get(f"/v1/jobs/{job_id}", headers=auth())
+    assert polled.status_code == 200 and polled.headers["content-type"] == "application/json"
+    assert polled.json() == client.get("/v1/jobs", headers=auth()).json()["items"][0]
+    with session_scope(settings.resolved_database_url) as session:
+        assert revoke_keys(session, prefix=ALICE[:8]) == 1
+    refused = client.get(f"/v1/jobs/{job_id}", headers=auth())
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+
+
 def test_idempotent_submit(client, settings, tiny_model_bytes):
     first = submit(client, tiny_model_bytes, headers={"Idempotency-Key": "abc"})
     second = submit(client, tiny_model_bytes, headers={"Idempotency-Key": "abc"})
