@@ -28,7 +28,7 @@ from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progres
 from kegnet_core.quality import Probe, assess
 from kegnet_core.report import Artifacts, Report
 from kegnet_core.sandbox import SandboxLimits
-from kegnet_core.sources import build_source, resolve_prior
+from kegnet_core.sources import build_source
 from kegnet_core.spec import CompressionSpec, Prior, Stage, Task
 
 VERSION = "0.2.0"
@@ -131,7 +131,7 @@ def run(
     report.params_before = parameter_count(validated.teacher)
     report.teacher = validated.facts()
     if spec.task is Task.COMPRESS:
-        report.prior = resolve_prior(spec.prior, validated.batch_norms, validated.input_shape).value
+        report.prior = validated.prior.value
 
     context = _Run(
         spec,
@@ -194,7 +194,7 @@ def _compress_pipeline(validated: stages.Validated, run: _Run) -> None:
     probe = _probe(validated, extracted, spec, recipe, device)
     tucker_agreement = probe.agreement(student)
     grid = stages.prior_sample_grid(validated, extracted, spec, recipe, device=device)
-    if resolve_prior(spec.prior, validated.batch_norms, validated.input_shape) is not Prior.NONE:
+    if validated.prior is not Prior.NONE:
         with run.clock.stage(Stage.DISTILLING):
             if run.previews and grid is not None:  # what the student will learn from, for the live view
                 run.progress(ProgressEvent(Stage.DISTILLING.value, 0, 1, preview=png_bytes(grid)))
@@ -251,7 +251,7 @@ def _probe(
         matched = validated.batch_norms > 0
         name = "BatchNorm-matched synthesised" if matched else "synthesised"
         return Probe(validated.teacher, extracted.probes, name, validated.n_classes, data_like=matched)
-    prior = resolve_prior(spec.prior, validated.batch_norms, validated.input_shape)
+    prior = validated.prior
     if prior is Prior.NONE or (prior is Prior.SYNTHESIS and extracted.synthesised is None):
         prior = Prior.GAUSSIAN
     source = build_source(prior, stages.source_context(validated, extracted, recipe))

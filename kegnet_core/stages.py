@@ -54,6 +54,7 @@ class Validated:
     n_classes: int
     batch_norms: int
     macs: int
+    prior: Prior  # the spec's prior, ``auto`` resolved against what the teacher shows
     plan: CompressionPlan | None = None
 
     def facts(self) -> dict[str, int]:
@@ -88,7 +89,7 @@ class ExtractionWork:
 def extraction_work(validated: Validated, spec: CompressionSpec, recipe: Recipe) -> ExtractionWork:
     """Extract jobs train generators; compress jobs make what their prior draws from, and, for a
     teacher with BatchNorm or a synthesis prior, held-out probes for the quality estimate."""
-    prior = resolve_prior(spec.prior, validated.batch_norms, validated.input_shape)
+    prior = validated.prior
     compress = spec.task is Task.COMPRESS
     return ExtractionWork(
         prior=prior,
@@ -133,12 +134,14 @@ def validate(
     teacher = load_classifier(model_path, input_shape)
     macs = count_macs(teacher, input_shape)
     teacher = teacher.to(device).eval()
+    batch_norms = len(batch_norm_stats(teacher))
     validated = Validated(
         teacher=teacher,
         input_shape=input_shape,
         n_classes=_class_count(teacher, input_shape, device),
-        batch_norms=len(batch_norm_stats(teacher)),
+        batch_norms=batch_norms,
         macs=macs,
+        prior=resolve_prior(spec.prior, batch_norms, input_shape),
     )
     if spec.task is Task.COMPRESS:
         plan = plan_compression(
@@ -285,7 +288,7 @@ def distill(
 
     With ``checkpoints``, the run's state is saved at every check, and a run
     that finds it there goes on from it."""
-    prior = resolve_prior(spec.prior, validated.batch_norms, validated.input_shape)
+    prior = validated.prior
     if prior is Prior.NONE:
         return None
     assert validated.plan is not None
@@ -346,7 +349,7 @@ def prior_sample_grid(
     What the student learns from is worth seeing whatever the prior; the
     KegNet prior has its own per-generator grids.  Images only.
     """
-    prior = resolve_prior(spec.prior, validated.batch_norms, validated.input_shape)
+    prior = validated.prior
     if prior in (Prior.NONE, Prior.KEGNET) or len(validated.input_shape) != 3:
         return None
     source = build_source(prior, source_context(validated, extracted, recipe))

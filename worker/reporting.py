@@ -20,10 +20,6 @@ log = logging.getLogger("kegnet.worker")
 MAX_CURVE_POINTS = 500
 
 
-class JobTimeLimitError(TimeLimitError):
-    """The job ran past its time limit."""
-
-
 class JobReporter:
     """A progress callback that writes to the job row at most every ``interval_s``.
 
@@ -68,7 +64,7 @@ class JobReporter:
             raise Cancelled()
         now = self.clock()
         if now > self.deadline:
-            raise JobTimeLimitError(f"the job ran past its time limit in stage {event.stage}")
+            raise TimeLimitError(f"the job ran past its time limit in stage {event.stage}")
         has_metrics = bool(event.metrics)
         if has_metrics:
             point: dict[str, Any] = {"step": event.step, **{k: float(v) for k, v in event.metrics.items()}}

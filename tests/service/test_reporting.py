@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from kegnet_core.errors import Cancelled
+from kegnet_core.errors import Cancelled, TimeLimitError
 from kegnet_core.progress import ProgressEvent
 from kegnet_service import jobs
 from kegnet_service.db import session_scope
-from worker.reporting import JobReporter, JobTimeLimitError
+from worker.reporting import JobReporter
 
 from .conftest import submit
 
@@ -82,5 +82,5 @@ def test_cancel_and_time_limit(settings, running_job):
     with pytest.raises(Cancelled):
         reporter(ProgressEvent("distilling", 2, 10))
     clock.now = 11.0
-    with pytest.raises(JobTimeLimitError):
+    with pytest.raises(TimeLimitError):
         reporter(ProgressEvent("distilling", 3, 10))
