@@ -19,14 +19,21 @@ import httpx
 
 from kegnet_cli.options import add_spec_options, spec_from_args
 from kegnet_cli.progress_bar import ProgressBar
-from kegnet_core.artifacts import GENERATORS, REPORT, SAMPLES, STUDENT
+from kegnet_core.artifacts import GENERATORS, REPORT, SAMPLES, STUDENT, STUDENT_INT8, STUDENT_ONNX
 from kegnet_core.progress import ProgressEvent
 from kegnet_core.report import Report
 from kegnet_service.states import TERMINAL_STATUSES
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # What `kegnet download --what` offers, by the manifest's artifacts.
-DOWNLOADS = {"model": STUDENT, "report": REPORT, "samples": SAMPLES, "generators": GENERATORS}
+DOWNLOADS = {
+    "model": STUDENT,
+    "model_int8": STUDENT_INT8,
+    "onnx": STUDENT_ONNX,
+    "report": REPORT,
+    "samples": SAMPLES,
+    "generators": GENERATORS,
+}
 
 
 class ClientError(Exception):

@@ -58,9 +58,35 @@ def summary_lines(report: Report) -> list[str]:
                 )
             else:
                 lines.append(f"estimated accuracy loss: {quality.reason}")
+        lines += _int8_and_onnx_lines(report)
     else:
         lines.append(f"generators: {', '.join(report.artifacts.generators)}")
     lines.append(f"wall time: {report.timings_s.get('total', 0.0):.1f} s")
+    return lines
+
+
+def _int8_and_onnx_lines(report: Report) -> list[str]:
+    lines = []
+    if report.int8 is not None:
+        int8 = report.int8
+        speed = ""
+        if int8.latency_ms and report.latency_ms is not None:
+            float_ms = report.latency_ms.after.get("batch_64")
+            int8_ms = int8.latency_ms.get("batch_64")
+            if float_ms and int8_ms:
+                speed = f", {float_ms / int8_ms:.2f}x the float student's speed at batch 64"
+        lines.append(
+            f"int8 student: {_human_bytes(int8.file_size)}{speed}; agrees with the float student on "
+            f"{int8.agreement_with_student * 100:.2f}% and with the teacher on "
+            f"{int8.agreement.student_vs_teacher * 100:.2f}% of the probes"
+        )
+    elif report.int8_error:
+        lines.append(f"int8 student: none ({report.int8_error})")
+    if report.onnx is not None:
+        if report.onnx.file:
+            lines.append(f"ONNX: {report.onnx.file} (max difference {report.onnx.max_abs_difference:.1e})")
+        else:
+            lines.append(f"ONNX: none ({report.onnx.error})")
     return lines
 
 

@@ -11,7 +11,7 @@ import argparse
 import json
 from typing import Any
 
-from kegnet_core.spec import PresetName, Prior
+from kegnet_core.spec import PresetName, Prior, Quantize
 
 
 def parse_shape(text: str) -> list[int]:
@@ -76,6 +76,12 @@ def add_spec_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--preset", choices=[p.value for p in PresetName], default=PresetName.DEFAULT.value)
     parser.add_argument(
+        "--quantize",
+        choices=[q.value for q in Quantize],
+        default=Quantize.NONE.value,
+        help="int8: also write an int8 student, calibrated on the run's generated samples",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -97,6 +103,7 @@ def spec_from_args(args: argparse.Namespace, task: str = "compress") -> dict[str
         "preset": args.preset,
         "seed": args.seed,
         "task": task,
+        "quantize": getattr(args, "quantize", Quantize.NONE.value),
         "overrides": parse_overrides(getattr(args, "overrides", None) or []),
     }
 

@@ -28,6 +28,16 @@ class Artifact:
 STUDENT = Artifact(
     "model", "student.pt", "application/octet-stream", "the compressed TorchScript model", True
 )
+STUDENT_INT8 = Artifact(
+    "model_int8",
+    "student_int8.pt",
+    "application/octet-stream",
+    "the int8 student (TorchScript, x86 kernels), with quantize: int8",
+    True,
+)
+STUDENT_ONNX = Artifact(
+    "model.onnx", "student.onnx", "application/octet-stream", "the float student as ONNX (opset 17)", True
+)
 REPORT = Artifact("report", "report.json", "application/json", "the compression report (JSON)", False)
 SAMPLES = Artifact("samples.png", "samples.png", "image/png", "generated samples, one row per class", False)
 LATENT_WALK = Artifact(
@@ -42,7 +52,8 @@ GENERATORS = Artifact(
 )
 
 DOWNLOADS: dict[str, Artifact] = {
-    artifact.name: artifact for artifact in (STUDENT, REPORT, SAMPLES, LATENT_WALK, GENERATORS)
+    artifact.name: artifact
+    for artifact in (STUDENT, STUDENT_INT8, STUDENT_ONNX, REPORT, SAMPLES, LATENT_WALK, GENERATORS)
 }
 
 

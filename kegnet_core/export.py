@@ -44,7 +44,7 @@ def _script(module: nn.Module) -> torch.jit.ScriptModule:
         return torch.jit.script(module)
 
 
-def _atomic_save(module: torch.jit.ScriptModule, path: Path) -> None:
+def atomic_save(module: torch.jit.ScriptModule, path: Path) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     module.save(str(temporary))
     os.replace(temporary, path)
@@ -58,7 +58,7 @@ def save_student(student: nn.Module, path: str | Path, input_shape: Sequence[int
         scripted = _script(model)
     except Exception as exc:
         raise UnsupportedModelError(f"the compressed model could not be scripted: {exc}") from exc
-    _atomic_save(scripted, path)
+    atomic_save(scripted, path)
     loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         for batch in (1, 5):
@@ -74,5 +74,5 @@ def save_generator(generator: nn.Module, path: str | Path, n_classes: int, noise
     """Script one trained generator as a standalone G(y, z) -> x and save it."""
     path = Path(path)
     module = GeneratorModule(copy.deepcopy(generator).cpu().eval(), n_classes, noise_dim).eval()
-    _atomic_save(_script(module), path)
+    atomic_save(_script(module), path)
     return path

@@ -22,6 +22,7 @@ from kegnet_core import artifacts as files
 from kegnet_core import stages
 from kegnet_core.checkpoint import Checkpoints
 from kegnet_core.config import Recipe
+from kegnet_core.errors import UnsupportedModelError
 from kegnet_core.images import png_bytes, save_png
 from kegnet_core.measure import parameter_count
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
@@ -29,7 +30,7 @@ from kegnet_core.quality import Probe, assess
 from kegnet_core.report import Artifacts, Report
 from kegnet_core.sandbox import SandboxLimits
 from kegnet_core.sources import build_source
-from kegnet_core.spec import CompressionSpec, Prior, Stage, Task
+from kegnet_core.spec import CompressionSpec, Prior, Quantize, Stage, Task
 
 VERSION = "0.2.0"
 PROBE_SAMPLES = 2000
@@ -216,12 +217,31 @@ def _compress_pipeline(validated: stages.Validated, run: _Run) -> None:
         exported = stages.export_student(
             student, run.model_path, validated, run.layout, measure_latency=run.measure_latency
         )
+        report.onnx = stages.export_onnx_student(validated, run.layout)
+        if spec.quantize is Quantize.INT8:
+            try:
+                report.int8 = stages.quantize_student(
+                    student,
+                    validated,
+                    extracted,
+                    spec,
+                    recipe,
+                    run.layout,
+                    probe,
+                    tucker_agreement,
+                    device=device,
+                    measure_latency=run.measure_latency,
+                )
+            except UnsupportedModelError as exc:  # the float student stands; the report says why
+                report.int8_error = exc.message
         generator_files = stages.export_generators(extracted, validated, recipe, run.layout)
         if grid is not None and not generator_files.samples:
             generator_files.samples = [save_png(grid, run.layout.path(files.samples_file(0))).name]
     report.agreement, report.quality = assess(probe, probe.agreement(student), tucker_agreement)
     report.artifacts = Artifacts(
         student=exported.artifacts.student,
+        student_int8=report.int8.file if report.int8 is not None else None,
+        student_onnx=report.onnx.file,
         generators=generator_files.generators,
         samples=generator_files.samples,
         latent_walk=generator_files.latent_walk,

@@ -60,10 +60,34 @@ class Latency(_Model):
     after: dict[str, float]
 
 
+class Int8Student(_Model):
+    """The int8 student beside the float one (``quantize: int8``)."""
+
+    file: str
+    file_size: int
+    calibration: str = Field(description="the samples its activation ranges were measured on")
+    agreement_with_student: float = Field(description="top-1 agreement with the float student on the probes")
+    agreement: Agreement
+    quality: Quality
+    latency_ms: dict[str, float] | None = None
+
+
+class OnnxExport(_Model):
+    """The float student as ONNX, checked with ONNX Runtime; or why there is none."""
+
+    file: str | None = None
+    max_abs_difference: float | None = Field(
+        None, description="largest difference from the TorchScript student's outputs (random inputs)"
+    )
+    error: str | None = None
+
+
 class Artifacts(_Model):
     """File names of what the run wrote (see :mod:`kegnet_core.artifacts`)."""
 
     student: str | None = None
+    student_int8: str | None = None
+    student_onnx: str | None = None
     report: str | None = None
     generators: list[str] = Field(default_factory=list)
     samples: list[str] = Field(default_factory=list)
@@ -99,6 +123,9 @@ class Report(_Model):
     agreement: Agreement | None = None
     quality: Quality | None = None
     latency_ms: Latency | None = None
+    int8: Int8Student | None = None
+    int8_error: str | None = Field(None, description="why quantize: int8 gave no int8 student")
+    onnx: OnnxExport | None = None
 
     @field_serializer("history")
     def _finite_history(self, history: dict[str, Any]) -> Any:

@@ -59,6 +59,13 @@ class Task(StrEnum):
     EXTRACT = "extract"
 
 
+class Quantize(StrEnum):
+    """What the student's weights and activations are stored as, besides the float model."""
+
+    NONE = "none"
+    INT8 = "int8"
+
+
 class Stage(StrEnum):
     """The stages of a run, in the order they run (extract jobs skip compressing and distilling)."""
 
@@ -115,6 +122,11 @@ class CompressionSpec(BaseModel):
     preset: PresetName = PresetName.DEFAULT
     seed: Annotated[StrictInt, Field(ge=0, lt=2**31)] = 0
     task: Task = Field(Task.COMPRESS, description="'extract' trains the generators only")
+    quantize: Quantize = Field(
+        Quantize.NONE,
+        description="int8: also an int8 student (static post-training quantisation, calibrated on the "
+        "run's generated samples), served as model_int8",
+    )
     overrides: dict[str, OverrideValue] = Field(
         default_factory=dict,
         max_length=32,
@@ -143,6 +155,8 @@ class CompressionSpec(BaseModel):
             raise SpecError(
                 f"prior {self.prior.value!r} draws images: it needs input_shape [C, H, W]", field="prior"
             )
+        if self.quantize is not Quantize.NONE and self.task is not Task.COMPRESS:
+            raise SpecError("quantize applies to the student of a compress job", field="quantize")
         try:
             self.recipe()
         except (ValueError, TypeError) as exc:

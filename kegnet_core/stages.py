@@ -10,6 +10,7 @@ and ``extract`` pipelines, and times them.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,8 +22,8 @@ from torch import fx, nn
 from kegnet_core import artifacts as files
 from kegnet_core.checkpoint import DISTILLATION, EXTRACTION, Checkpoints, generator_state, restore_generator
 from kegnet_core.config import Recipe, fit_distillation, fit_synthesis
-from kegnet_core.distill import DistillResult, distill_student
-from kegnet_core.errors import ModelRunError, SpecError
+from kegnet_core.distill import DistillResult, agreement, distill_student, teacher_logits
+from kegnet_core.errors import ModelRunError, SpecError, UnsupportedModelError
 from kegnet_core.export import save_generator, save_student
 from kegnet_core.extraction import TrainedGenerator, extract_generators
 from kegnet_core.images import class_grid, latent_walk, sample_grid, save_png
@@ -30,7 +31,16 @@ from kegnet_core.inspection import batch_norm_stats
 from kegnet_core.loading import load_classifier
 from kegnet_core.measure import count_macs, cpu_latency_ms, parameter_count
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
-from kegnet_core.report import Artifacts, Latency, LayerReport
+from kegnet_core.quality import Probe, assess
+from kegnet_core.quantize import (
+    CALIBRATION_BATCH_SIZE,
+    CALIBRATION_BATCHES,
+    calibration_batches,
+    export_onnx,
+    quantize_int8,
+    save_int8,
+)
+from kegnet_core.report import Artifacts, Int8Student, Latency, LayerReport, OnnxExport
 from kegnet_core.sampling import seeded_init
 from kegnet_core.sandbox import SandboxLimits, check_model_in_sandbox
 from kegnet_core.sources import (
@@ -411,4 +421,59 @@ def export_student(
             for layer in validated.plan.layers
         ],
         latency=latency,
+    )
+
+
+def export_onnx_student(validated: Validated, layout: files.Layout) -> OnnxExport:
+    """The float student as ONNX, exported from its TorchScript file (written first) and checked
+    against it with ONNX Runtime.  A student the exporter cannot take gets a line in the
+    report, not a failed job."""
+    path = layout.path(files.STUDENT_ONNX.file)
+    scripted = torch.jit.load(str(layout.path(files.STUDENT.file)), map_location="cpu").eval()
+    try:
+        difference = export_onnx(scripted, path, validated.input_shape, scripted)
+    except UnsupportedModelError as exc:
+        return OnnxExport(error=exc.message)
+    return OnnxExport(file=path.name, max_abs_difference=float(f"{difference:.3g}"))
+
+
+def quantize_student(
+    student: nn.Module,
+    validated: Validated,
+    extracted: Extracted,
+    spec: CompressionSpec,
+    recipe: Recipe,
+    layout: files.Layout,
+    probe: Probe,
+    tucker_agreement: float,
+    *,
+    device: torch.device,
+    measure_latency: bool = True,
+) -> Int8Student:
+    """An int8 copy of the student, calibrated on the run's own sample source (Gaussian for
+    Tucker only), saved as TorchScript and judged on the same probes as the float student."""
+    prior = validated.prior
+    if prior is Prior.NONE or (prior is Prior.SYNTHESIS and extracted.synthesised is None):
+        prior = Prior.GAUSSIAN
+    source = build_source(prior, source_context(validated, extracted, recipe))
+    quantized = quantize_int8(student, calibration_batches(source, seed=spec.seed, device=device))
+    path = layout.path(files.STUDENT_INT8.file)
+    script = save_int8(quantized, path, validated.input_shape)
+    inputs = probe.inputs.detach().cpu()
+    with torch.no_grad():
+        float_classes = teacher_logits(copy.deepcopy(student).cpu().eval(), inputs).argmax(1)
+        int8_agreement = agreement(script, inputs, probe.classes.cpu())
+        with_student = agreement(script, inputs, float_classes)
+    block, quality = assess(probe, int8_agreement, tucker_agreement)
+    latency = None
+    if measure_latency:
+        latency = {f"batch_{b}": round(cpu_latency_ms(script, validated.input_shape, b), 4) for b in (1, 64)}
+    return Int8Student(
+        file=path.name,
+        file_size=path.stat().st_size,
+        calibration=f"{CALIBRATION_BATCHES * CALIBRATION_BATCH_SIZE} {source.name} samples",
+        agreement_with_student=round(with_student, 5),
+        agreement=block,
+        quality=quality,
+        latency_ms=latency,
     )

@@ -189,8 +189,8 @@ def test_a_job_runs_and_its_artifacts_download(client, settings, tiny_model_byte
     # The tiny CNN has BatchNorm: auto synthesises inputs, so no generators, but a grid of what
     # the student trained on.
     assert job["report"]["prior"] == "synthesis"
-    assert {"model", "report", "samples.png"} <= set(job["links"])
-    assert not {"latent_walk.png", "generators"} & set(job["links"])
+    assert {"model", "model.onnx", "report", "samples.png"} <= set(job["links"])
+    assert not {"latent_walk.png", "generators", "model_int8"} & set(job["links"])
     assert job["metrics"]["curves"]["distilling"]
     assert job["metrics"]["preview_version"] >= 1  # live sample grids were saved while training
     live = settings.home / "store" / "jobs" / job_id / "live" / "samples.png"
@@ -209,6 +209,24 @@ def test_a_job_runs_and_its_artifacts_download(client, settings, tiny_model_byte
     samples = client.get(f"/v1/jobs/{job_id}/samples.png", headers=auth())
     assert samples.headers["content-type"] == "image/png" and samples.content.startswith(b"\x89PNG")
     assert client.get(f"/v1/jobs/{job_id}/generators", headers=auth()).status_code == 404
+
+
+def test_an_int8_job_serves_an_int8_student_and_onnx(client, settings, tiny_model_bytes, tmp_path):
+    import onnxruntime
+
+    spec = '{"input_shape": [1, 8, 8], "preset": "quick", "quantize": "int8"}'
+    job_id = submit(client, tiny_model_bytes, spec).json()["id"]
+    assert execute_job(job_id, settings) == "succeeded"
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
+    assert {"model", "model_int8", "model.onnx"} <= set(job["links"]), job["report"].get("int8_error")
+    int8 = client.get(f"/v1/jobs/{job_id}/model_int8", headers=auth())
+    assert int8.status_code == 200 and len(int8.content) == job["report"]["int8"]["file_size"]
+    (tmp_path / "int8.pt").write_bytes(int8.content)
+    assert torch.jit.load(str(tmp_path / "int8.pt"))(torch.randn(4, 1, 8, 8)).shape == (4, 3)
+    onnx = client.get(f"/v1/jobs/{job_id}/model.onnx", headers=auth())
+    session = onnxruntime.InferenceSession(onnx.content, providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"input": torch.randn(6, 1, 8, 8).numpy()})
+    assert logits.shape == (6, 3)
 
 
 def test_extract_jobs_have_generators_but_no_student(client, settings, tiny_model_bytes):

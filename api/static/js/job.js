@@ -13,6 +13,8 @@ const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
 const DOWNLOADS = [
   ["model", "Student model", "student.pt"],
+  ["model_int8", "Int8 student", "student_int8.pt"],
+  ["model.onnx", "Student (ONNX)", "student.onnx"],
   ["report", "Report (JSON)", "report.json"],
   ["samples.png", "Samples (PNG)", "samples.png"],
   ["latent_walk.png", "Latent walk (PNG)", "latent_walk.png"],
@@ -100,6 +102,18 @@ function change(before, after, smaller = "smaller", larger = "larger") {
   return after < before ? `${ratio(before / after)} ${smaller}` : `${ratio(after / before)} ${larger}`;
 }
 
+/** With quantize: int8, the int8 student against the teacher (After is the int8 file). */
+function int8Rows(report, lat) {
+  const int8 = report.int8;
+  if (!int8) return [];
+  const ms = (batch) => (int8.latency_ms || {})[`batch_${batch}`];
+  return [
+    ["Int8 student file size", report.file_size_before, int8.file_size, bytes],
+    ["Int8 CPU latency, batch 1", lat("before", 1), ms(1), (v) => `${number(v)} ms`, "faster", "slower"],
+    ["Int8 CPU latency, batch 64", lat("before", 64), ms(64), (v) => `${number(v)} ms`, "faster", "slower"],
+  ];
+}
+
 function beforeAfterTable(report) {
   const latency = report.latency_ms || {};
   const lat = (side, batch) => (latency[side] || {})[`batch_${batch}`];
@@ -109,6 +123,7 @@ function beforeAfterTable(report) {
     ["MACs per input", report.macs_before, report.macs_after, integer],
     ["CPU latency, batch 1", lat("before", 1), lat("after", 1), (v) => `${number(v)} ms`, "faster", "slower"],
     ["CPU latency, batch 64", lat("before", 64), lat("after", 64), (v) => `${number(v)} ms`, "faster", "slower"],
+    ...int8Rows(report, lat),
   ].filter(([, before, after]) => before !== undefined && after !== undefined);
   return h(
     "table",

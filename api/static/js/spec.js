@@ -79,7 +79,7 @@ export function parseSeed(text) {
 }
 
 /** The spec fields whose values are a fixed set, read from the OpenAPI schema. */
-export const CHOICE_FIELDS = ["task", "preset", "prior"];
+export const CHOICE_FIELDS = ["task", "preset", "prior", "quantize"];
 
 let choices = {};
 
@@ -120,6 +120,7 @@ export const PARSERS = {
   preset: oneOf("preset"),
   seed: parseSeed,
   task: oneOf("task"),
+  quantize: oneOf("quantize"),
 };
 
 /** The spec JSON for POST /v1/jobs, or the errors by field name. */

@@ -1,0 +1,174 @@
+"""Int8 quantisation calibrated on generated samples, and ONNX export of a student.
+
+Post-training static quantisation needs inputs to measure each activation's
+range, which is the same obstacle as distillation without data; the run's
+own sample source (the one distillation learned from) is the calibration
+set.  PyTorch's FX graph mode does the work (``torch.ao.quantization``):
+per-channel int8 weights, per-tensor int8 activations with histogram
+observers, the x86 (fbgemm/oneDNN) kernels.  The result is traced and frozen
+into TorchScript, so a user loads it with plain ``torch.jit.load``.  (PT2E,
+now in the separate torchao package, yields q/dq graphs that only get fast
+under ``torch.compile``, not a file any torch loads and runs fast.)
+
+ONNX export uses ``torch.onnx.export`` on the float student and checks the
+file with ONNX Runtime against the TorchScript student.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+
+from kegnet_core.errors import UnsupportedModelError
+from kegnet_core.export import atomic_save
+from kegnet_core.sources import SampleSource
+
+QUANTIZED_ENGINE = "x86"
+CALIBRATION_BATCHES = 16
+CALIBRATION_BATCH_SIZE = 64
+ONNX_TOLERANCE = 1e-4
+ONNX_OPSET = 17
+
+
+def calibration_batches(
+    source: SampleSource,
+    *,
+    seed: int,
+    device: torch.device,
+    batches: int = CALIBRATION_BATCHES,
+    batch_size: int = CALIBRATION_BATCH_SIZE,
+) -> list[torch.Tensor]:
+    """Fresh draws from ``source`` (made on ``device``, returned on the CPU) to measure
+    activation ranges on."""
+    rng = torch.Generator(device).manual_seed(seed + 7919)
+    return [source.sample(batch_size, rng).detach().float().cpu() for _ in range(batches)]
+
+
+def quantize_int8(model: nn.Module, calibration: Sequence[torch.Tensor]) -> nn.Module:
+    """A CPU int8 copy of ``model`` (static: weights per channel, activations per tensor), its
+    activation ranges measured on ``calibration``."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    if QUANTIZED_ENGINE not in torch.backends.quantized.supported_engines:
+        raise UnsupportedModelError(f"this torch build has no {QUANTIZED_ENGINE} int8 kernels")
+    if torch.backends.quantized.engine != QUANTIZED_ENGINE:
+        torch.backends.quantized.engine = QUANTIZED_ENGINE
+    float_model = _views_as_reshapes(copy.deepcopy(model).cpu().eval())
+    example = (calibration[0][:1],)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's notice that PT2E moved to torchao
+        try:
+            prepared = prepare_fx(float_model, get_default_qconfig_mapping(QUANTIZED_ENGINE), example)
+            with torch.no_grad():
+                for batch in calibration:
+                    prepared(batch)
+            return convert_fx(prepared)
+        except Exception as exc:  # FX tracing or an op without an int8 kernel
+            raise UnsupportedModelError(f"the student could not be quantised to int8: {exc}") from exc
+
+
+def _views_as_reshapes(model: nn.Module) -> nn.Module:
+    """``view`` needs a contiguous tensor, and int8 kernels return channels-last ones; ``reshape``
+    is the same where a view is possible and copies where not."""
+    if isinstance(model, fx.GraphModule):
+        changed = False
+        for node in model.graph.nodes:
+            if node.op == "call_method" and node.target == "view":
+                node.target = "reshape"
+                changed = True
+            elif node.op == "call_function" and node.target in (
+                torch.Tensor.view,
+                torch.ops.aten.view,
+                torch.ops.aten.view.default,
+            ):
+                node.target = torch.ops.aten.reshape  # what the loader writes views as
+                changed = True
+        if changed:
+            model.recompile()
+    return model
+
+
+def save_int8(quantized: nn.Module, path: str | Path, input_shape: Sequence[int]) -> torch.jit.ScriptModule:
+    """Script, freeze and save the int8 model atomically; check the saved file reproduces it
+    at two batch sizes."""
+    path = Path(path)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:  # scripted, not traced: a trace would freeze the example's batch size into reshapes
+            scripted = torch.jit.freeze(torch.jit.script(quantized).eval())
+        except Exception as exc:
+            raise UnsupportedModelError(f"the int8 student could not be scripted: {exc}") from exc
+        atomic_save(scripted, path)
+        loaded = torch.jit.load(str(path), map_location="cpu").eval()
+        for batch in (1, 5):
+            x = torch.randn(batch, *input_shape)
+            if not torch.allclose(quantized(x), loaded(x), atol=1e-5):
+                path.unlink(missing_ok=True)
+                raise UnsupportedModelError("the saved int8 student does not reproduce the quantised one")
+    return loaded
+
+
+def export_onnx(
+    model: nn.Module | torch.jit.ScriptModule,
+    path: str | Path,
+    input_shape: Sequence[int],
+    reference: torch.jit.ScriptModule,
+) -> float:
+    """Write ``model`` as ONNX (batch size free) and return the largest difference of its
+    outputs (ONNX Runtime) from ``reference``'s on random inputs; raise past 1e-4.
+
+    Pass a scripted model where you can: scripting keeps ``x.size(0)`` a graph op, where
+    exporting a plain module traces it and freezes the example's batch size into reshapes
+    (which the check then catches)."""
+    import onnxruntime
+
+    path = Path(path)
+    if not isinstance(model, torch.jit.ScriptModule):
+        model = copy.deepcopy(model).cpu()
+    model = model.eval()
+    example = torch.randn(1, *input_shape)
+    fd, scratch = tempfile.mkstemp(dir=path.parent, prefix=".onnx-", suffix=".tmp")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
+            torch.onnx.export(
+                model,
+                (example,),
+                scratch,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+            )
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = onnxruntime.InferenceSession(scratch, options, providers=["CPUExecutionProvider"])
+        difference = 0.0
+        with torch.no_grad():
+            for batch in (1, 7):
+                x = torch.randn(batch, *input_shape)
+                (answer,) = session.run(None, {"input": x.numpy()})
+                difference = max(difference, float((torch.from_numpy(answer) - reference(x)).abs().max()))
+        if difference > ONNX_TOLERANCE:
+            raise UnsupportedModelError(
+                f"the ONNX student differs from the TorchScript one by {difference:.2e} "
+                f"(over {ONNX_TOLERANCE})"
+            )
+        os.replace(scratch, path)
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:  # an op the exporter or ONNX Runtime does not know
+        raise UnsupportedModelError(f"the student could not be exported to ONNX: {exc}") from exc
+    finally:
+        Path(scratch).unlink(missing_ok=True)
+    return difference

@@ -1,0 +1,147 @@
+"""The int8 student and the ONNX export: files a plain torch / ONNX Runtime loads, and checks
+that fail when the outputs do not match."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from kegnet_core.errors import SpecError, UnsupportedModelError
+from kegnet_core.loading import load_classifier
+from kegnet_core.pipeline import run
+from kegnet_core.quantize import export_onnx, quantize_int8, save_int8
+from kegnet_core.report import Report
+from kegnet_core.spec import CompressionSpec
+from kegnet_core.tucker import apply_plan, plan_compression
+
+from .models import randomise_batchnorm
+
+SHAPE = (3, 16, 16)
+
+FRESH_INT8_CHECK = """
+import json, sys, torch
+model = torch.jit.load(sys.argv[1])
+shape = json.loads(sys.argv[2])
+outs = [tuple(model(torch.randn(batch, *shape)).shape) for batch in (1, 9)]
+leaked = [m for m in sys.modules if m.split('.')[0] in ('kegnet_core', 'kegnet_cli', 'api', 'worker')]
+assert not leaked, leaked
+print(json.dumps(outs))
+"""
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(32)
+        self.c2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.c3 = nn.Conv2d(64, 64, 3, padding=1)
+        self.fc = nn.Linear(64 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.max_pool2d(torch.relu(self.c2(x)), 2)
+        x = torch.max_pool2d(x + torch.relu(self.c3(x)), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory) -> nn.Module:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(randomise_batchnorm(SmallCNN())), buffer)
+    path.write_bytes(buffer.getvalue())
+    teacher = load_classifier(path, SHAPE).eval()
+    plan = plan_compression(teacher, layers=None, ranks="auto", target_ratio=None)
+    return apply_plan(teacher, plan, n_iter_max=20, seed=0).eval()
+
+
+def _gaussian(batches: int, scale: float = 1.0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return [torch.randn(64, *SHAPE, generator=generator) * scale for _ in range(batches)]
+
+
+def _relative_error(model: nn.Module, reference: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        expected = reference(x)
+        return float((model(x) - expected).norm() / expected.norm())
+
+
+def test_the_int8_student_is_a_smaller_file_that_plain_torch_runs(student, tmp_path):
+    float_path, int8_path = tmp_path / "float.pt", tmp_path / "int8.pt"
+    torch.jit.save(torch.jit.script(student), str(float_path))
+    saved = save_int8(quantize_int8(student, _gaussian(8)), int8_path, SHAPE)
+    assert int8_path.stat().st_size * 2.5 < float_path.stat().st_size
+    x = torch.randn(256, *SHAPE, generator=torch.Generator().manual_seed(2))
+    assert _relative_error(saved, student, x) < 0.1
+    fresh = subprocess.run(
+        [sys.executable, "-c", FRESH_INT8_CHECK, str(int8_path), json.dumps(list(SHAPE))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert json.loads(fresh.stdout) == [[1, 10], [9, 10]]
+
+
+def test_calibration_on_the_inputs_the_model_sees_beats_calibration_on_the_wrong_scale(student):
+    x = torch.randn(256, *SHAPE, generator=torch.Generator().manual_seed(3))
+    matched = _relative_error(quantize_int8(student, _gaussian(4)), student, x)
+    mismatched = _relative_error(quantize_int8(student, _gaussian(4, scale=0.02)), student, x)
+    assert matched * 3 < mismatched
+
+
+def test_the_onnx_student_matches_the_torchscript_one_and_the_check_can_fail(student, tmp_path):
+    reference = torch.jit.script(student).eval()
+    difference = export_onnx(student, tmp_path / "student.onnx", SHAPE, reference)
+    assert difference <= 1e-4 and (tmp_path / "student.onnx").stat().st_size > 0
+    other = torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10))).eval()
+    with pytest.raises(UnsupportedModelError, match="differs"):
+        export_onnx(student, tmp_path / "wrong.onnx", SHAPE, other)
+    assert not (tmp_path / "wrong.onnx").exists()
+    assert not list(tmp_path.glob(".onnx-*"))
+
+
+def test_an_onnx_file_that_froze_the_batch_size_is_refused(tmp_path):
+    from .models import TinyCNN, torchscript_bytes
+
+    torch.manual_seed(0)
+    (tmp_path / "tiny.pt").write_bytes(torchscript_bytes(TinyCNN(), (1, 8, 8)))
+    module = load_classifier(tmp_path / "tiny.pt", (1, 8, 8)).eval()  # x.view(x.size(0), -1)
+    scripted = torch.jit.script(module).eval()
+    with pytest.raises(UnsupportedModelError):  # traced at batch 1, run at batch 7
+        export_onnx(module, tmp_path / "traced.onnx", (1, 8, 8), scripted)
+    assert not (tmp_path / "traced.onnx").exists()
+    assert export_onnx(scripted, tmp_path / "scripted.onnx", (1, 8, 8), scripted) <= 1e-4
+
+
+def test_a_compress_run_with_quantize_int8_writes_both_students(tmp_path):
+    from .models import TinyCNN, torchscript_bytes
+
+    torch.manual_seed(0)
+    model = tmp_path / "tiny.pt"
+    model.write_bytes(torchscript_bytes(TinyCNN(), (1, 8, 8)))
+    spec = CompressionSpec(input_shape=(1, 8, 8), preset="quick", quantize="int8")
+    report = run(model, spec, tmp_path / "out")
+    assert isinstance(report, Report) and report.int8 is not None and report.onnx is not None
+    assert report.artifacts.student_int8 == report.int8.file
+    assert (tmp_path / "out" / report.int8.file).stat().st_size == report.int8.file_size
+    assert report.onnx.file is not None and (tmp_path / "out" / report.onnx.file).exists()
+    assert 0.0 <= report.int8.agreement_with_student <= 1.0
+    assert report.agreement is not None
+    assert report.int8.agreement.samples == report.agreement.samples  # the same probes as the float one
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["int8"]["file"] == "student_int8.pt" and saved["onnx"]["file"] == "student.onnx"
+
+
+def test_quantize_belongs_to_compress_jobs():
+    with pytest.raises(SpecError) as raised:
+        CompressionSpec(input_shape=(1, 8, 8), task="extract", quantize="int8")
+    assert raised.value.field == "quantize"
