@@ -27,6 +27,12 @@ def _extract(args: argparse.Namespace) -> int:
     return run_offline(args, "extract")
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from kegnet_cli.offline import run_offline
+
+    return run_offline(args, "quantize")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kegnet",
@@ -47,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("-o", "--output", required=True, help="folder for the generators and images")
     extract.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     extract.set_defaults(handler=_extract)
+
+    quantize = commands.add_parser(
+        "quantize", help="an int8 copy of a TorchScript classifier (no Tucker), calibrated without data"
+    )
+    quantize.add_argument("model", help="the teacher: a TorchScript file")
+    add_spec_options(quantize)
+    quantize.add_argument("-o", "--output", required=True, help="where to write the int8 model (.pt)")
+    quantize.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
+    quantize.set_defaults(handler=_quantize, quantize="int8")
 
     add_service_commands(commands)
     add_client_commands(commands)

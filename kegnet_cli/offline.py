@@ -59,6 +59,12 @@ def summary_lines(report: Report) -> list[str]:
             else:
                 lines.append(f"estimated accuracy loss: {quality.reason}")
         lines += _int8_and_onnx_lines(report)
+    elif report.task == "quantize":
+        lines += _int8_and_onnx_lines(report)
+        if report.quality is not None:
+            estimate = report.quality.estimated_loss
+            shown = f"{estimate:.2f} points" if estimate is not None else report.quality.reason
+            lines.append(f"estimated accuracy loss: {shown}")
     else:
         lines.append(f"generators: {', '.join(report.artifacts.generators)}")
     lines.append(f"wall time: {report.timings_s.get('total', 0.0):.1f} s")
@@ -71,12 +77,14 @@ def _int8_and_onnx_lines(report: Report) -> list[str]:
         int8 = report.int8
         speed = ""
         if int8.latency_ms and report.latency_ms is not None:
-            float_ms = report.latency_ms.after.get("batch_64")
-            int8_ms = int8.latency_ms.get("batch_64")
+            compared = "teacher" if report.task == "quantize" else "float student"
+            side = report.latency_ms.before if report.task == "quantize" else report.latency_ms.after
+            float_ms, int8_ms = side.get("batch_64"), int8.latency_ms.get("batch_64")
             if float_ms and int8_ms:
-                speed = f", {float_ms / int8_ms:.2f}x the float student's speed at batch 64"
+                speed = f", {float_ms / int8_ms:.2f}x the {compared}'s speed at batch 64"
         lines.append(
-            f"int8 student: {_human_bytes(int8.file_size)}{speed}; agrees with the float student on "
+            f"int8 {'model' if report.task == 'quantize' else 'student'}: {_human_bytes(int8.file_size)}"
+            f"{speed}; agrees with the float {'model' if report.task == 'quantize' else 'student'} on "
             f"{int8.agreement_with_student * 100:.2f}% and with the teacher on "
             f"{int8.agreement.student_vs_teacher * 100:.2f}% of the probes"
         )
@@ -97,7 +105,7 @@ def run_offline(args: argparse.Namespace, task: str) -> int:
     names (:class:`kegnet_core.artifacts.Layout`), and the files are moved
     into place only when it succeeds.
     """
-    from kegnet_core.artifacts import REPORT, Layout
+    from kegnet_core.artifacts import REPORT, STUDENT_INT8, Layout
     from kegnet_core.pipeline import run
     from kegnet_core.spec import parse_spec
 
@@ -108,12 +116,15 @@ def run_offline(args: argparse.Namespace, task: str) -> int:
     bar = ProgressBar()
     try:
         spec = parse_spec(spec_from_args(args, task))
-        target = output.parent if task == "compress" else output
+        beside = task in ("compress", "quantize")  # -o names the model; the rest goes beside it
+        target = output.parent if beside else output
         target.mkdir(parents=True, exist_ok=True)
-        stem = output.stem if task == "compress" else None
+        stem = output.stem if beside else None
         with tempfile.TemporaryDirectory(dir=target, prefix=".kegnet-run-") as scratch:
             report = run(args.model, spec, Layout(Path(scratch), stem), progress=bar, device=args.device)
             bar.close()
+            if task == "quantize":  # the int8 model is this job's model: it takes -o's name
+                Layout(Path(scratch), stem).path(STUDENT_INT8.file).rename(Path(scratch) / output.name)
             placed = sorted(path.name for path in Path(scratch).iterdir() if not path.name.startswith("."))
             for name in placed:
                 shutil.move(str(Path(scratch) / name), target / name)
@@ -124,6 +135,6 @@ def run_offline(args: argparse.Namespace, task: str) -> int:
         return 2
     for line in summary_lines(report):
         print(line)
-    written = output if task == "compress" else Layout(output).path(REPORT.file)
+    written = output if beside else Layout(output).path(REPORT.file)
     print(f"wrote {written} and {len(placed) - 1} more files beside it")
     return 0

@@ -27,7 +27,7 @@ from kegnet_core.images import png_bytes, save_png
 from kegnet_core.measure import parameter_count
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
 from kegnet_core.quality import Probe, assess
-from kegnet_core.report import Artifacts, Report
+from kegnet_core.report import Artifacts, Latency, Report
 from kegnet_core.sandbox import SandboxLimits
 from kegnet_core.sources import build_source
 from kegnet_core.spec import CompressionSpec, Prior, Quantize, Stage, Task
@@ -131,7 +131,7 @@ def run(
     report.n_classes = validated.n_classes
     report.params_before = parameter_count(validated.teacher)
     report.teacher = validated.facts()
-    if spec.task is Task.COMPRESS:
+    if spec.task is not Task.EXTRACT:
         report.prior = validated.prior.value
 
     context = _Run(
@@ -149,6 +149,8 @@ def run(
     )
     if spec.task is Task.EXTRACT:
         _extract_pipeline(validated, context)
+    elif spec.task is Task.QUANTIZE:
+        _quantize_pipeline(validated, context)
     else:
         _compress_pipeline(validated, context)
     report.timings_s = {**clock.seconds, "total": round(time.perf_counter() - started, 3)}
@@ -177,6 +179,37 @@ def _extract_pipeline(validated: stages.Validated, run: _Run) -> None:
     extracted = _extracting(validated, run)
     with run.clock.stage(Stage.EXPORTING):
         run.report.artifacts = stages.export_generators(extracted, validated, run.recipe, run.layout)
+
+
+def _quantize_pipeline(validated: stages.Validated, run: _Run) -> None:
+    """The teacher itself to int8 (no Tucker), calibrated on the prior's samples."""
+    spec, recipe, report = run.spec, run.recipe, run.report
+    extracted = stages.Extracted()
+    if stages.extraction_work(validated, spec, recipe).anything:
+        extracted = _extracting(validated, run)
+    probe = _probe(validated, extracted, spec, recipe, run.device)
+    with run.clock.stage(Stage.EXPORTING):
+        int8 = stages.quantize_student(
+            validated.teacher,
+            validated,
+            extracted,
+            spec,
+            recipe,
+            run.layout,
+            probe,
+            1.0,
+            device=run.device,
+            measure_latency=run.measure_latency,
+        )
+        if run.measure_latency and int8.latency_ms is not None:
+            report.latency_ms = Latency(
+                before=stages.teacher_latency(run.model_path, validated.input_shape), after=int8.latency_ms
+            )
+    report.int8 = int8
+    report.agreement, report.quality = int8.agreement, int8.quality
+    report.artifacts = Artifacts(student_int8=int8.file)
+    report.file_size_after = int8.file_size
+    report.macs_before = validated.macs
 
 
 def _compress_pipeline(validated: stages.Validated, run: _Run) -> None:

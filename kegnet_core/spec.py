@@ -57,6 +57,7 @@ class PresetName(StrEnum):
 class Task(StrEnum):
     COMPRESS = "compress"
     EXTRACT = "extract"
+    QUANTIZE = "quantize"  # int8 of the teacher itself, calibrated on the prior's samples
 
 
 class Quantize(StrEnum):
@@ -121,7 +122,11 @@ class CompressionSpec(BaseModel):
     )
     preset: PresetName = PresetName.DEFAULT
     seed: Annotated[StrictInt, Field(ge=0, lt=2**31)] = 0
-    task: Task = Field(Task.COMPRESS, description="'extract' trains the generators only")
+    task: Task = Field(
+        Task.COMPRESS,
+        description="'extract' trains the generators only; 'quantize' makes an int8 copy of the teacher "
+        "itself (no Tucker), calibrated on the prior's samples",
+    )
     quantize: Quantize = Field(
         Quantize.NONE,
         description="int8: also an int8 student (static post-training quantisation, calibrated on the "
@@ -148,6 +153,17 @@ class CompressionSpec(BaseModel):
             raise ValueError("explicit ranks need at least one layer")
         return ranks
 
+    @model_validator(mode="before")
+    @classmethod
+    def _quantize_jobs_are_int8(cls, data: Any) -> Any:
+        if (
+            isinstance(data, dict)
+            and data.get("task") in (Task.QUANTIZE, "quantize")
+            and "quantize" not in data
+        ):
+            return {**data, "quantize": Quantize.INT8}
+        return data
+
     @model_validator(mode="after")
     def _fits(self) -> CompressionSpec:
         # Imported here: the registry names which priors need images.
@@ -155,8 +171,10 @@ class CompressionSpec(BaseModel):
             raise SpecError(
                 f"prior {self.prior.value!r} draws images: it needs input_shape [C, H, W]", field="prior"
             )
-        if self.quantize is not Quantize.NONE and self.task is not Task.COMPRESS:
-            raise SpecError("quantize applies to the student of a compress job", field="quantize")
+        if self.quantize is not Quantize.NONE and self.task is Task.EXTRACT:
+            raise SpecError("quantize applies to compress and quantize jobs, not extract", field="quantize")
+        if self.task is Task.QUANTIZE and self.quantize is Quantize.NONE:
+            raise SpecError("a quantize job makes an int8 model: quantize must be 'int8'", field="quantize")
         try:
             self.recipe()
         except (ValueError, TypeError) as exc:

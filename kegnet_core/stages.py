@@ -97,15 +97,16 @@ class ExtractionWork:
 
 
 def extraction_work(validated: Validated, spec: CompressionSpec, recipe: Recipe) -> ExtractionWork:
-    """Extract jobs train generators; compress jobs make what their prior draws from, and, for a
-    teacher with BatchNorm or a synthesis prior, held-out probes for the quality estimate."""
+    """Extract jobs train generators; compress and quantize jobs make what their prior draws
+    from, and, for a teacher with BatchNorm or a synthesis prior, held-out probes for the quality
+    estimate."""
     prior = validated.prior
-    compress = spec.task is Task.COMPRESS
+    samples = spec.task in (Task.COMPRESS, Task.QUANTIZE)  # a student or int8 copy is made from them
     return ExtractionWork(
         prior=prior,
         generators=spec.task is Task.EXTRACT or needs_generators(prior),
-        synthesis=compress and needs_synthesis(prior) and recipe.synthesis.samples > 0,
-        probes=compress
+        synthesis=samples and needs_synthesis(prior) and recipe.synthesis.samples > 0,
+        probes=samples
         and (validated.batch_norms > 0 or needs_synthesis(prior))
         and recipe.synthesis.probe_samples > 0,
     )
@@ -369,6 +370,12 @@ def prior_sample_grid(
     return class_grid(samples, classes, validated.input_shape)
 
 
+def teacher_latency(model_path: Path, input_shape: Sequence[int]) -> dict[str, float]:
+    """The uploaded TorchScript's CPU latency at batch 1 and 64, in ms."""
+    teacher_script = torch.jit.load(str(model_path), map_location="cpu").eval()
+    return {f"batch_{b}": round(cpu_latency_ms(teacher_script, input_shape, b), 4) for b in (1, 64)}
+
+
 @dataclass
 class Exported:
     artifacts: Artifacts
@@ -393,12 +400,8 @@ def export_student(
     student_script = save_student(student, path, validated.input_shape)
     latency = None
     if measure_latency:
-        teacher_script = torch.jit.load(str(model_path), map_location="cpu").eval()
         latency = Latency(
-            before={
-                f"batch_{b}": round(cpu_latency_ms(teacher_script, validated.input_shape, b), 4)
-                for b in (1, 64)
-            },
+            before=teacher_latency(model_path, validated.input_shape),
             after={
                 f"batch_{b}": round(cpu_latency_ms(student_script, validated.input_shape, b), 4)
                 for b in (1, 64)
@@ -445,13 +448,15 @@ def quantize_student(
     recipe: Recipe,
     layout: files.Layout,
     probe: Probe,
-    tucker_agreement: float,
+    baseline_agreement: float,
     *,
     device: torch.device,
     measure_latency: bool = True,
 ) -> Int8Student:
-    """An int8 copy of the student, calibrated on the run's own sample source (Gaussian for
-    Tucker only), saved as TorchScript and judged on the same probes as the float student."""
+    """An int8 copy of ``student`` (the teacher itself for quantize jobs), calibrated on the run's
+    own sample source (Gaussian for Tucker only), saved as TorchScript and judged on the same
+    probes as the float model; ``baseline_agreement`` (Tucker only's, or 1 for the teacher) is
+    the estimate's point of comparison."""
     prior = validated.prior
     if prior is Prior.NONE or (prior is Prior.SYNTHESIS and extracted.synthesised is None):
         prior = Prior.GAUSSIAN
@@ -464,7 +469,7 @@ def quantize_student(
         float_classes = teacher_logits(copy.deepcopy(student).cpu().eval(), inputs).argmax(1)
         int8_agreement = agreement(script, inputs, probe.classes.cpu())
         with_student = agreement(script, inputs, float_classes)
-    block, quality = assess(probe, int8_agreement, tucker_agreement)
+    block, quality = assess(probe, int8_agreement, baseline_agreement)
     latency = None
     if measure_latency:
         latency = {f"batch_{b}": round(cpu_latency_ms(script, validated.input_shape, b), 4) for b in (1, 64)}

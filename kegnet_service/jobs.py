@@ -29,6 +29,7 @@ STAGE_SPANS = {
         "exporting": (0.95, 1.0),
     },
     "extract": {"validating": (0.0, 0.02), "extracting": (0.02, 0.95), "exporting": (0.95, 1.0)},
+    "quantize": {"validating": (0.0, 0.02), "extracting": (0.02, 0.85), "exporting": (0.85, 1.0)},
 }
 
 

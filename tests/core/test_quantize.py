@@ -141,7 +141,31 @@ def test_a_compress_run_with_quantize_int8_writes_both_students(tmp_path):
     assert saved["int8"]["file"] == "student_int8.pt" and saved["onnx"]["file"] == "student.onnx"
 
 
-def test_quantize_belongs_to_compress_jobs():
+def test_a_quantize_run_makes_an_int8_teacher_and_no_student(tmp_path):
+    from .models import TinyCNN, torchscript_bytes
+
+    torch.manual_seed(0)
+    model = tmp_path / "tiny.pt"
+    model.write_bytes(torchscript_bytes(TinyCNN(), (1, 8, 8)))
+    report = run(
+        model, CompressionSpec(input_shape=(1, 8, 8), preset="quick", task="quantize"), tmp_path / "out"
+    )
+    assert report.task == "quantize" and report.int8 is not None and report.prior == "synthesis"
+    written = {path.name for path in (tmp_path / "out").iterdir()}
+    assert written == {"student_int8.pt", "report.json"}
+    assert report.file_size_after == (tmp_path / "out" / "student_int8.pt").stat().st_size
+    assert report.file_size_after < report.file_size_before
+    # Judged against the teacher itself: the probes' classes are the float teacher's.
+    assert report.int8.agreement_with_student == report.int8.agreement.student_vs_teacher
+    int8 = torch.jit.load(str(tmp_path / "out" / "student_int8.pt"))
+    assert int8(torch.randn(3, 1, 8, 8)).shape == (3, 3)
+
+
+def test_quantize_belongs_to_compress_and_quantize_jobs():
     with pytest.raises(SpecError) as raised:
         CompressionSpec(input_shape=(1, 8, 8), task="extract", quantize="int8")
     assert raised.value.field == "quantize"
+    assert CompressionSpec(input_shape=(1, 8, 8), task="quantize").quantize == "int8"
+    with pytest.raises(SpecError) as refused:
+        CompressionSpec(input_shape=(1, 8, 8), task="quantize", quantize="none")
+    assert refused.value.field == "quantize"

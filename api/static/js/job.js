@@ -30,6 +30,7 @@ function stagesOf(job) {
   const extracted = job.stage === "extracting" || curves.some((name) => name.startsWith("extracting"));
   const stages = ["validating"];
   if (prior === "kegnet" || prior === "synthesis" || extracted) stages.push("extracting");
+  if (spec.task === "quantize") return [...stages, "exporting"]; // the teacher itself to int8
   stages.push("compressing");
   if (prior !== "none") stages.push("distilling");
   stages.push("exporting");
