@@ -154,7 +154,7 @@ def test_a_quantize_run_makes_an_int8_teacher_and_no_student(tmp_path):
     written = {path.name for path in (tmp_path / "out").iterdir()}
     assert written == {"student_int8.pt", "report.json"}
     assert report.file_size_after == (tmp_path / "out" / "student_int8.pt").stat().st_size
-    assert report.file_size_after < report.file_size_before
+    assert report.file_size_after is not None and report.file_size_after < report.file_size_before
     # Judged against the teacher itself: the probes' classes are the float teacher's.
     assert report.int8.agreement_with_student == report.int8.agreement.student_vs_teacher
     int8 = torch.jit.load(str(tmp_path / "out" / "student_int8.pt"))
