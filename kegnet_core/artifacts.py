@@ -57,6 +57,11 @@ DOWNLOADS: dict[str, Artifact] = {
 }
 
 
+# Beside a student the user named (``small.pt``), its other forms are ``small_int8.pt`` and
+# ``small.onnx``, not ``small_student_int8.pt``.
+_STUDENT_FORMS = {STUDENT.file: ".pt", STUDENT_INT8.file: "_int8.pt", STUDENT_ONNX.file: ".onnx"}
+
+
 def generator_file(index: int) -> str:
     """The TorchScript file of generator ``index``."""
     return f"generator_{index}.pt"
@@ -72,8 +77,8 @@ class Layout:
     """Where a run's files go: a folder of manifest names, or beside a student the user named.
 
     ``Layout(folder)`` writes ``folder/student.pt``, ``folder/report.json``, ...;
-    ``Layout.beside(Path("out/small.pt"))`` writes ``out/small.pt``,
-    ``out/small_report.json``, ``out/small_samples.png``, ...
+    ``Layout.beside(Path("out/small.pt"))`` writes ``out/small.pt``, ``out/small_int8.pt``,
+    ``out/small.onnx``, ``out/small_report.json``, ``out/small_samples.png``, ...
     """
 
     folder: Path
@@ -86,8 +91,8 @@ class Layout:
     def path(self, file: str) -> Path:
         if self.stem is None:
             return self.folder / file
-        if file == STUDENT.file:
-            return self.folder / f"{self.stem}.pt"
+        if file in _STUDENT_FORMS:
+            return self.folder / f"{self.stem}{_STUDENT_FORMS[file]}"
         return self.folder / f"{self.stem}_{file}"
 
 

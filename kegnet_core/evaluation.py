@@ -46,7 +46,8 @@ def mnist_test_set(directory: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     """Top-1 accuracy of ``model`` on a labelled set, in [0, 1]."""
-    device = next(iter(model.parameters())).device
+    first = next(iter(model.parameters()), None)  # a frozen int8 model has none: it runs on the CPU
+    device = first.device if first is not None else torch.device("cpu")
     correct = 0
     for start in range(0, len(images), batch_size):
         logits = model(images[start : start + batch_size].to(device))

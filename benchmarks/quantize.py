@@ -1,0 +1,188 @@
+"""Int8 without data, on suite teachers: the teacher alone, and Tucker + int8; scored on real data.
+
+For each teacher of :mod:`benchmarks.suite_teachers` (trained and cached on
+first use) this runs, exactly as ``kegnet quantize`` / ``kegnet compress``
+do:
+
+* ``int8``: ``task: quantize`` with the ``auto`` prior (calibrated on the
+  samples the recipe makes for this teacher);
+* ``int8, Gaussian``: the same calibrated on N(0, 1) noise, the baseline the
+  issue asks us to beat;
+* ``tucker`` and ``tucker + int8``: one ``default`` compress run with
+  ``quantize: int8``, its float and int8 students both scored (``--compress``).
+
+Only the scoring reads the teacher's test split.  Rows go to a JSON-lines file
+(``--results``; rows already there are skipped), ``--write`` puts the table
+into docs/benchmarks.md.
+
+    python benchmarks/quantize.py --members lenet5-mnist digits-bnres --compress lenet5-mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.docs_section import write_section  # noqa: E402
+from benchmarks.suite_teachers import MEMBERS, Teacher, available, load_teacher, score  # noqa: E402
+from kegnet_core.pipeline import run  # noqa: E402
+from kegnet_core.spec import CompressionSpec  # noqa: E402
+
+IMAGE_TEACHERS = ["lenet5-mnist", "digits-bnres", "textures-cnn", "photos-vgg", "photos-resnet14"]
+
+
+def _load(path: Path) -> torch.jit.ScriptModule:
+    return torch.jit.load(str(path), map_location="cpu").eval()
+
+
+def quantize_rows(teacher: Teacher, seed: int) -> list[dict[str, Any]]:
+    rows = []
+    shape = list(teacher.member.input_shape)
+    for label, prior in (("int8", "auto"), ("int8, Gaussian calibration", "gaussian")):
+        spec = CompressionSpec(input_shape=shape, task="quantize", prior=prior, seed=seed)
+        with tempfile.TemporaryDirectory() as out:
+            started = time.perf_counter()
+            report = run(teacher.path, spec, out)
+            wall = time.perf_counter() - started
+            assert report.int8 is not None and report.latency_ms is not None
+            accuracy = score(_load(Path(out) / report.int8.file), teacher)
+        rows.append(
+            {
+                "member": teacher.member.name,
+                "approach": label,
+                "seed": seed,
+                "prior": report.prior,
+                "calibration": report.int8.calibration,
+                "teacher_accuracy": teacher.accuracy,
+                "accuracy": accuracy,
+                "loss_points": round((teacher.accuracy - accuracy) * 100, 3),
+                "file_before": report.file_size_before,
+                "file_after": report.int8.file_size,
+                "latency_before_ms": report.latency_ms.before,
+                "latency_after_ms": report.int8.latency_ms,
+                "estimated_loss": report.int8.quality.estimated_loss,
+                "wall_s": round(wall, 1),
+            }
+        )
+    return rows
+
+
+def compress_rows(teacher: Teacher, seed: int) -> list[dict[str, Any]]:
+    spec = CompressionSpec(input_shape=list(teacher.member.input_shape), quantize="int8", seed=seed)
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        report = run(teacher.path, spec, out)
+        wall = time.perf_counter() - started
+        assert report.int8 is not None and report.latency_ms is not None
+        float_accuracy = score(_load(Path(out) / "student.pt"), teacher)
+        int8_accuracy = score(_load(Path(out) / report.int8.file), teacher)
+    common = {
+        "member": teacher.member.name,
+        "seed": seed,
+        "prior": report.prior,
+        "teacher_accuracy": teacher.accuracy,
+        "file_before": report.file_size_before,
+        "wall_s": round(wall, 1),
+        "onnx_max_abs_difference": report.onnx.max_abs_difference if report.onnx else None,
+        "onnx_error": report.onnx.error if report.onnx else None,
+    }
+    return [
+        {
+            **common,
+            "approach": "tucker (default)",
+            "accuracy": float_accuracy,
+            "loss_points": round((teacher.accuracy - float_accuracy) * 100, 3),
+            "file_after": report.file_size_after,
+            "latency_before_ms": report.latency_ms.before,
+            "latency_after_ms": report.latency_ms.after,
+        },
+        {
+            **common,
+            "approach": "tucker + int8",
+            "accuracy": int8_accuracy,
+            "loss_points": round((teacher.accuracy - int8_accuracy) * 100, 3),
+            "file_after": report.int8.file_size,
+            "latency_before_ms": report.latency_ms.before,
+            "latency_after_ms": report.int8.latency_ms,
+            "estimated_loss": report.int8.quality.estimated_loss,
+        },
+    ]
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+    lines = [
+        f"Measured {stamp} on {platform.machine()}, {os.cpu_count()} CPUs by `benchmarks/quantize.py` "
+        "(accuracy on each teacher's held-out test split; latency on this CPU, median of 20).",
+        "",
+        "| teacher | approach | calibration | accuracy (teacher) | loss, points | file | "
+        "batch 64 latency (teacher) | ONNX max diff | wall |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        before, after = row["latency_before_ms"], row.get("latency_after_ms") or {}
+        speed = f"{after['batch_64']:.2f} ms ({before['batch_64']:.2f} ms)" if after.get("batch_64") else "–"
+        onnx = row.get("onnx_max_abs_difference")
+        lines.append(
+            f"| {row['member']} | {row['approach']} | {row.get('calibration', row.get('prior', ''))} | "
+            f"{row['accuracy'] * 100:.2f}% ({row['teacher_accuracy'] * 100:.2f}%) | "
+            f"{row['loss_points']:.2f} | "
+            f"{row['file_after'] / 1024:.0f} KiB ({row['file_before'] / 1024:.0f} KiB) | {speed} | "
+            f"{'–' if onnx is None else f'{onnx:.1e}'} | {row['wall_s']:.0f} s |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--members", nargs="*", default=IMAGE_TEACHERS, choices=sorted(MEMBERS))
+    parser.add_argument("--compress", nargs="*", default=[], help="members to also run Tucker + int8 on")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "quantize.jsonl")
+    parser.add_argument("--write", type=Path, help="write the table into this markdown file")
+    args = parser.parse_args()
+
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    done = (
+        {
+            (r["member"], r["approach"], r["seed"])
+            for r in map(json.loads, args.results.read_text().splitlines())
+        }
+        if args.results.exists()
+        else set()
+    )
+    for name in available(args.members + args.compress):
+        teacher = load_teacher(name)
+        jobs = []
+        if name in args.members and (name, "int8", args.seed) not in done:
+            jobs.append(quantize_rows)
+        if name in args.compress and (name, "tucker + int8", args.seed) not in done:
+            jobs.append(compress_rows)
+        for job in jobs:
+            for row in job(teacher, args.seed):
+                with args.results.open("a") as results:
+                    results.write(json.dumps(row) + "\n")
+                sys.stdout.write(json.dumps(row) + "\n")
+    if args.write:
+        rows = [json.loads(line) for line in args.results.read_text().splitlines()]
+        write_section(args.write, "quantize", markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
