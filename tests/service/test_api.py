@@ -229,6 +229,17 @@ def test_an_int8_job_serves_an_int8_student_and_onnx(client, settings, tiny_mode
     assert logits.shape == (6, 3)
 
 
+def test_a_quantize_job_serves_the_int8_teacher_only(client, settings, tiny_model_bytes, tmp_path):
+    spec = '{"input_shape": [1, 8, 8], "preset": "quick", "task": "quantize"}'
+    job_id = submit(client, tiny_model_bytes, spec).json()["id"]
+    assert execute_job(job_id, settings) == "succeeded"
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
+    assert job["spec"]["quantize"] == "int8" and job["progress"] == 1.0
+    assert "model_int8" in job["links"] and not {"model", "model.onnx"} & set(job["links"])
+    (tmp_path / "int8.pt").write_bytes(client.get(f"/v1/jobs/{job_id}/model_int8", headers=auth()).content)
+    assert torch.jit.load(str(tmp_path / "int8.pt"))(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+
+
 def test_extract_jobs_have_generators_but_no_student(client, settings, tiny_model_bytes):
     spec = '{"input_shape": [1, 8, 8], "preset": "quick", "task": "extract"}'
     job_id = submit(client, tiny_model_bytes, spec).json()["id"]
