@@ -166,7 +166,7 @@ def main() -> int:
         if args.results.exists()
         else set()
     )
-    for name in available(args.members + args.compress):
+    for name in available(list(dict.fromkeys(args.members + args.compress))):
         teacher = load_teacher(name)
         jobs = []
         if name in args.members and (name, "int8", args.seed) not in done:

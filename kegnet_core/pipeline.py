@@ -304,9 +304,7 @@ def _probe(
         matched = validated.batch_norms > 0
         name = "BatchNorm-matched synthesised" if matched else "synthesised"
         return Probe(validated.teacher, extracted.probes, name, validated.n_classes, data_like=matched)
-    prior = validated.prior
-    if prior is Prior.NONE or (prior is Prior.SYNTHESIS and extracted.synthesised is None):
-        prior = Prior.GAUSSIAN
+    prior = stages.drawable_prior(validated, extracted)
     source = build_source(prior, stages.source_context(validated, extracted, recipe))
     rng = torch.Generator(device).manual_seed(spec.seed + 104729)
     inputs = source.sample(PROBE_SAMPLES, rng)

@@ -370,6 +370,15 @@ def prior_sample_grid(
     return class_grid(samples, classes, validated.input_shape)
 
 
+def drawable_prior(validated: Validated, extracted: Extracted) -> Prior:
+    """The run's prior where it can draw fresh samples, else Gaussian (Tucker only, or a
+    synthesis prior whose inputs were not made)."""
+    prior = validated.prior
+    if prior is Prior.NONE or (prior is Prior.SYNTHESIS and extracted.synthesised is None):
+        return Prior.GAUSSIAN
+    return prior
+
+
 def teacher_latency(model_path: Path, input_shape: Sequence[int]) -> dict[str, float]:
     """The uploaded TorchScript's CPU latency at batch 1 and 64, in ms."""
     teacher_script = torch.jit.load(str(model_path), map_location="cpu").eval()
@@ -457,10 +466,7 @@ def quantize_student(
     own sample source (Gaussian for Tucker only), saved as TorchScript and judged on the same
     probes as the float model; ``baseline_agreement`` (Tucker only's, or 1 for the teacher) is
     the estimate's point of comparison."""
-    prior = validated.prior
-    if prior is Prior.NONE or (prior is Prior.SYNTHESIS and extracted.synthesised is None):
-        prior = Prior.GAUSSIAN
-    source = build_source(prior, source_context(validated, extracted, recipe))
+    source = build_source(drawable_prior(validated, extracted), source_context(validated, extracted, recipe))
     quantized = quantize_int8(student, calibration_batches(source, seed=spec.seed, device=device))
     path = layout.path(files.STUDENT_INT8.file)
     script = save_int8(quantized, path, validated.input_shape)
