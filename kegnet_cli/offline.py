@@ -105,7 +105,7 @@ def run_offline(args: argparse.Namespace, task: str) -> int:
     names (:class:`kegnet_core.artifacts.Layout`), and the files are moved
     into place only when it succeeds.
     """
-    from kegnet_core.artifacts import REPORT, STUDENT_INT8, Layout
+    from kegnet_core.artifacts import REPORT, STUDENT, STUDENT_INT8, Layout
     from kegnet_core.pipeline import run
     from kegnet_core.spec import parse_spec
 
@@ -121,10 +121,11 @@ def run_offline(args: argparse.Namespace, task: str) -> int:
         target.mkdir(parents=True, exist_ok=True)
         stem = output.stem if beside else None
         with tempfile.TemporaryDirectory(dir=target, prefix=".kegnet-run-") as scratch:
-            report = run(args.model, spec, Layout(Path(scratch), stem), progress=bar, device=args.device)
+            # A quantize job's model is the int8 one: it takes -o's name.
+            primary = STUDENT_INT8.file if task == "quantize" else STUDENT.file
+            layout = Layout(Path(scratch), stem, primary)
+            report = run(args.model, spec, layout, progress=bar, device=args.device)
             bar.close()
-            if task == "quantize":  # the int8 model is this job's model: it takes -o's name
-                Layout(Path(scratch), stem).path(STUDENT_INT8.file).rename(Path(scratch) / output.name)
             placed = sorted(path.name for path in Path(scratch).iterdir() if not path.name.startswith("."))
             for name in placed:
                 shutil.move(str(Path(scratch) / name), target / name)

@@ -83,6 +83,7 @@ class Layout:
 
     folder: Path
     stem: str | None = None
+    primary: str = STUDENT.file  # the file that takes the user's name (a quantize job's: the int8 one)
 
     @classmethod
     def beside(cls, student_path: Path) -> Layout:
@@ -91,6 +92,8 @@ class Layout:
     def path(self, file: str) -> Path:
         if self.stem is None:
             return self.folder / file
+        if file == self.primary:
+            return self.folder / f"{self.stem}.pt"
         if file in _STUDENT_FORMS:
             return self.folder / f"{self.stem}{_STUDENT_FORMS[file]}"
         return self.folder / f"{self.stem}_{file}"

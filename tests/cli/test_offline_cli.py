@@ -54,6 +54,30 @@ def test_compress_writes_the_student_and_its_report(tiny_cnn: Path, tmp_path: Pa
     student = torch.jit.load(str(out / "student.pt"))
     assert student(torch.randn(3, 1, 8, 8)).shape == (3, 3)
     assert "distilling" in result.stderr  # the progress bar
+    assert (out / "student.onnx").exists() and "ONNX: student.onnx" in result.stdout
+
+
+def test_quantize_writes_the_int8_model_under_the_name_given(tiny_cnn: Path, tmp_path: Path):
+    result = kegnet(
+        "quantize",
+        str(tiny_cnn),
+        "--input-shape",
+        "1,8,8",
+        "--preset",
+        "quick",
+        "-o",
+        "q/tiny8.pt",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in (tmp_path / "q").iterdir()} == {"tiny8.pt", "tiny8_report.json"}
+    report = json.loads((tmp_path / "q" / "tiny8_report.json").read_text())
+    assert (
+        report["task"] == "quantize"
+        and report["int8"]["file_size"] == (tmp_path / "q" / "tiny8.pt").stat().st_size
+    )
+    assert "int8 model:" in result.stdout
+    assert torch.jit.load(str(tmp_path / "q" / "tiny8.pt"))(torch.randn(2, 1, 8, 8)).shape == (2, 3)
 
 
 def test_extract_writes_generators(tiny_cnn: Path, tmp_path: Path):
