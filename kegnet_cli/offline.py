@@ -82,9 +82,9 @@ def _int8_and_onnx_lines(report: Report) -> list[str]:
             float_ms, int8_ms = side.get("batch_64"), int8.latency_ms.get("batch_64")
             if float_ms and int8_ms:
                 speed = f", {float_ms / int8_ms:.2f}x the {compared}'s speed at batch 64"
+        kind = "model" if report.task == "quantize" else "student"
         lines.append(
-            f"int8 {'model' if report.task == 'quantize' else 'student'}: {_human_bytes(int8.file_size)}"
-            f"{speed}; agrees with the float {'model' if report.task == 'quantize' else 'student'} on "
+            f"int8 {kind}: {_human_bytes(int8.file_size)}{speed}; agrees with the float {kind} on "
             f"{int8.agreement_with_student * 100:.2f}% and with the teacher on "
             f"{int8.agreement.student_vs_teacher * 100:.2f}% of the probes"
         )

@@ -27,7 +27,7 @@ from kegnet_core.images import png_bytes, save_png
 from kegnet_core.measure import parameter_count
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
 from kegnet_core.quality import Probe, assess
-from kegnet_core.report import Artifacts, Latency, Report
+from kegnet_core.report import Artifacts, Int8Student, Latency, Report
 from kegnet_core.sandbox import SandboxLimits
 from kegnet_core.sources import build_source
 from kegnet_core.spec import CompressionSpec, Prior, Quantize, Stage, Task
@@ -181,26 +181,43 @@ def _extract_pipeline(validated: stages.Validated, run: _Run) -> None:
         run.report.artifacts = stages.export_generators(extracted, validated, run.recipe, run.layout)
 
 
+def _extracting_if_needed(validated: stages.Validated, run: _Run) -> stages.Extracted:
+    """What the job's prior draws from (nothing for priors that need no extraction)."""
+    if stages.extraction_work(validated, run.spec, run.recipe).anything:
+        return _extracting(validated, run)
+    return stages.Extracted()
+
+
+def _int8(
+    model: torch.nn.Module,
+    baseline_agreement: float,
+    validated: stages.Validated,
+    extracted: stages.Extracted,
+    probe: Probe,
+    run: _Run,
+) -> Int8Student:
+    """``model`` to int8 with the run's own calibration, judged on its probes."""
+    return stages.quantize_student(
+        model,
+        validated,
+        extracted,
+        run.spec,
+        run.recipe,
+        run.layout,
+        probe,
+        baseline_agreement,
+        device=run.device,
+        measure_latency=run.measure_latency,
+    )
+
+
 def _quantize_pipeline(validated: stages.Validated, run: _Run) -> None:
     """The teacher itself to int8 (no Tucker), calibrated on the prior's samples."""
     spec, recipe, report = run.spec, run.recipe, run.report
-    extracted = stages.Extracted()
-    if stages.extraction_work(validated, spec, recipe).anything:
-        extracted = _extracting(validated, run)
+    extracted = _extracting_if_needed(validated, run)
     probe = _probe(validated, extracted, spec, recipe, run.device)
     with run.clock.stage(Stage.EXPORTING):
-        int8 = stages.quantize_student(
-            validated.teacher,
-            validated,
-            extracted,
-            spec,
-            recipe,
-            run.layout,
-            probe,
-            1.0,
-            device=run.device,
-            measure_latency=run.measure_latency,
-        )
+        int8 = _int8(validated.teacher, 1.0, validated, extracted, probe, run)  # judged against itself
         if run.measure_latency and int8.latency_ms is not None:
             report.latency_ms = Latency(
                 before=stages.teacher_latency(run.model_path, validated.input_shape), after=int8.latency_ms
@@ -215,9 +232,7 @@ def _quantize_pipeline(validated: stages.Validated, run: _Run) -> None:
 def _compress_pipeline(validated: stages.Validated, run: _Run) -> None:
     assert validated.plan is not None
     spec, recipe, report, device = run.spec, run.recipe, run.report, run.device
-    extracted = stages.Extracted()
-    if stages.extraction_work(validated, spec, recipe).anything:
-        extracted = _extracting(validated, run)
+    extracted = _extracting_if_needed(validated, run)
     with run.clock.stage(Stage.COMPRESSING):
         student = stages.compress(validated, recipe, spec.seed)
         run.progress(
@@ -253,18 +268,7 @@ def _compress_pipeline(validated: stages.Validated, run: _Run) -> None:
         report.onnx = stages.export_onnx_student(validated, run.layout)
         if spec.quantize is Quantize.INT8:
             try:
-                report.int8 = stages.quantize_student(
-                    student,
-                    validated,
-                    extracted,
-                    spec,
-                    recipe,
-                    run.layout,
-                    probe,
-                    tucker_agreement,
-                    device=device,
-                    measure_latency=run.measure_latency,
-                )
+                report.int8 = _int8(student, tucker_agreement, validated, extracted, probe, run)
             except UnsupportedModelError as exc:  # the float student stands; the report says why
                 report.int8_error = exc.message
         generator_files = stages.export_generators(extracted, validated, recipe, run.layout)

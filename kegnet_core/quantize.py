@@ -5,13 +5,13 @@ range, which is the same obstacle as distillation without data; the run's
 own sample source (the one distillation learned from) is the calibration
 set.  PyTorch's FX graph mode does the work (``torch.ao.quantization``):
 per-channel int8 weights, per-tensor int8 activations with histogram
-observers, the x86 (fbgemm/oneDNN) kernels.  The result is traced and frozen
+observers, the x86 (fbgemm/oneDNN) kernels.  The result is scripted and frozen
 into TorchScript, so a user loads it with plain ``torch.jit.load``.  (PT2E,
 now in the separate torchao package, yields q/dq graphs that only get fast
 under ``torch.compile``, not a file any torch loads and runs fast.)
 
-ONNX export uses ``torch.onnx.export`` on the float student and checks the
-file with ONNX Runtime against the TorchScript student.
+ONNX export uses ``torch.onnx.export`` on the scripted float student and
+checks the file with ONNX Runtime against it.
 """
 
 from __future__ import annotations
