@@ -3,8 +3,10 @@
 Each teacher is trained in seconds to a few minutes on the CPU from data
 bundled inside installed packages (scikit-learn's digits and sample
 photographs, scikit-image's images and textures, scikit-learn's synthetic
-problems), saved as the TorchScript a user would upload, and cached with its
-held-out test split. Compression never reads a test split or any statistic of
+problems), saved as the TorchScript a user would upload, and kept in
+``benchmarks/teachers`` (``python benchmarks/suite_teachers.py --store``) so
+that every machine scores the same teachers; test splits are rebuilt from the
+packaged data. Compression never reads a test split or any statistic of
 these data sets: only :func:`score` does, after the fact.
 
 The paper's LeNet5 comes from ``../shared`` (``KEGNET_SHARED``) and is skipped
@@ -13,10 +15,10 @@ when that folder is absent.
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -341,47 +343,45 @@ class Teacher:
     parameters: int
 
 
-Builder = Callable[[], tuple[nn.Module, Split]]
+Data = Callable[[], tuple[Split, Split]]  # (train, test)
+Fit = Callable[[Split], nn.Module]  # a trained classifier from the train split
 
 
-def _build_digits_bnres() -> tuple[nn.Module, Split]:
-    train, test = digits_images(16)
-    model = train_classifier(BnResidualCnn(), train, epochs=30, augment=False)
-    return model, test
+def _fit_digits_bnres(train: Split) -> nn.Module:
+    return train_classifier(BnResidualCnn(), train, epochs=30, augment=False)
 
 
-def _build_photos(model: nn.Module, epochs: int) -> tuple[nn.Module, Split]:
-    train, test = patch_set(_colour_photos(), train_per_class=600, test_per_class=200)
-    return train_classifier(model, train, epochs=epochs, augment=True), test
+def _photos() -> tuple[Split, Split]:
+    return patch_set(_colour_photos(), train_per_class=600, test_per_class=200)
 
 
-def _build_textures() -> tuple[nn.Module, Split]:
-    train, test = patch_set(_grey_textures(), train_per_class=600, test_per_class=200)
-    return train_classifier(PlainCnn(1, 8), train, epochs=12, augment=True, learning_rate=1.5e-3), test
+def _textures() -> tuple[Split, Split]:
+    return patch_set(_grey_textures(), train_per_class=600, test_per_class=200)
 
 
-def _build_digits_mlp() -> tuple[nn.Module, Split]:
-    train, test = digits_vectors()
-    return train_classifier(Mlp(64, (256, 256), 10, batchnorm=False), train, epochs=60), test
+def _fit_textures(train: Split) -> nn.Module:
+    return train_classifier(PlainCnn(1, 8), train, epochs=12, augment=True, learning_rate=1.5e-3)
 
 
-def _build_synth(
-    features: int, informative: int, classes: int, hidden: tuple[int, ...], bn: bool, seed: int
-) -> tuple[nn.Module, Split]:
-    train, test = synthetic_vectors(features, informative, classes, seed)
-    model = train_classifier(Mlp(features, hidden, classes, batchnorm=bn), train, epochs=40)
-    return model, test
+def _fit_mlp(hidden: tuple[int, ...], classes: int, bn: bool, epochs: int) -> Fit:
+    def fit(train: Split) -> nn.Module:
+        return train_classifier(Mlp(train[0].shape[1], hidden, classes, batchnorm=bn), train, epochs=epochs)
+
+    return fit
 
 
-def _build_lenet5() -> tuple[nn.Module, Split]:
-    shared = default_shared()
-    model = load_paper_teacher(shared / "teachers" / "kegnet" / "mnist.pth.tar")
-    return model, mnist_test_set(shared / "datasets" / "mnist")
+def _lenet5_data() -> tuple[Split, Split]:
+    empty = (torch.empty(0, 1, 32, 32), torch.empty(0, dtype=torch.long))
+    return empty, mnist_test_set(default_shared() / "datasets" / "mnist")
 
 
-MEMBERS: dict[str, tuple[Member, Builder]] = {
-    member.name: (member, builder)
-    for member, builder in [
+def _fit_lenet5(_train: Split) -> nn.Module:
+    return load_paper_teacher(default_shared() / "teachers" / "kegnet" / "mnist.pth.tar")
+
+
+MEMBERS: dict[str, tuple[Member, Data, Fit]] = {
+    member.name: (member, data, fit)
+    for member, data, fit in [
         (
             Member(
                 "lenet5-mnist",
@@ -395,7 +395,8 @@ MEMBERS: dict[str, tuple[Member, Builder]] = {
                 ),
                 needs_shared=True,
             ),
-            _build_lenet5,
+            _lenet5_data,
+            _fit_lenet5,
         ),
         (
             Member(
@@ -405,7 +406,8 @@ MEMBERS: dict[str, tuple[Member, Builder]] = {
                 "trace",
                 True,
             ),
-            _build_digits_bnres,
+            lambda: digits_images(16),
+            _fit_digits_bnres,
         ),
         (
             Member(
@@ -415,7 +417,8 @@ MEMBERS: dict[str, tuple[Member, Builder]] = {
                 "trace",
                 True,
             ),
-            lambda: _build_photos(VggBn(3, 10), epochs=15),
+            _photos,
+            lambda train: train_classifier(VggBn(3, 10), train, epochs=15, augment=True),
         ),
         (
             Member(
@@ -425,7 +428,8 @@ MEMBERS: dict[str, tuple[Member, Builder]] = {
                 "script",
                 True,
             ),
-            lambda: _build_photos(ResNet14(3, 10), epochs=15),
+            _photos,
+            lambda train: train_classifier(ResNet14(3, 10), train, epochs=15, augment=True),
         ),
         (
             Member(
@@ -435,7 +439,8 @@ MEMBERS: dict[str, tuple[Member, Builder]] = {
                 "trace",
                 False,
             ),
-            _build_textures,
+            _textures,
+            _fit_textures,
         ),
         (
             Member(
@@ -446,7 +451,8 @@ MEMBERS: dict[str, tuple[Member, Builder]] = {
                 False,
                 fixed_students=(("rank 6", {"layers": ("layers.2",), "ranks": {"layers.2": (6, 6)}}),),
             ),
-            _build_digits_mlp,
+            digits_vectors,
+            _fit_mlp((256, 256), 10, bn=False, epochs=60),
         ),
         (
             Member(
@@ -457,7 +463,8 @@ MEMBERS: dict[str, tuple[Member, Builder]] = {
                 True,
                 fixed_students=(("3x", {"layers": ("layers.0", "layers.3"), "target_ratio": 3.0}),),
             ),
-            lambda: _build_synth(40, 32, 10, (256, 256), bn=True, seed=11),
+            lambda: synthetic_vectors(40, 32, 10, seed=11),
+            _fit_mlp((256, 256), 10, bn=True, epochs=40),
         ),
         (
             Member(
@@ -468,7 +475,8 @@ MEMBERS: dict[str, tuple[Member, Builder]] = {
                 False,
                 fixed_students=(("6x", {"target_ratio": 6.0}),),
             ),
-            lambda: _build_synth(30, 24, 8, (192, 192, 192), bn=False, seed=12),
+            lambda: synthetic_vectors(30, 24, 8, seed=12),
+            _fit_mlp((192, 192, 192), 8, bn=False, epochs=40),
         ),
     ]
 }
@@ -491,27 +499,50 @@ def available(names: list[str] | None = None) -> list[str]:
     return [name for name in chosen if shared_ok or not MEMBERS[name][0].needs_shared]
 
 
-def load_teacher(name: str, cache: Path | None = None) -> Teacher:
-    """The cached teacher and its test split, training and caching it first if needed."""
-    member, builder = MEMBERS[name]
+def stored_teachers() -> Path:
+    """Where trained teachers are kept in the repository (``benchmarks/teachers``).
+
+    CPU training is not bit-for-bit repeatable across machines, so the
+    teachers the suite's figures were measured on are kept here, and every
+    machine scores the same ones.  The paper's LeNet5 is not: it is made from
+    ``../shared`` each time.
+    """
+    return Path(os.environ.get("KEGNET_SUITE_TEACHERS", ROOT / "benchmarks" / "teachers"))
+
+
+def load_teacher(name: str, cache: Path | None = None, *, store: Path | None = None) -> Teacher:
+    """The stored teacher (``store``, default :func:`stored_teachers`) and its test split.
+
+    A teacher not stored is trained and kept in ``cache``.  Test splits are
+    rebuilt from the packaged data and cached there too.
+    """
+    member, data, fit = MEMBERS[name]
     folder = (cache or default_cache()) / f"v{CACHE_VERSION}" / name
-    path, test_path, meta_path = folder / "teacher.pt", folder / "test.pt", folder / "meta.json"
-    if not (path.exists() and test_path.exists() and meta_path.exists()):
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        model, test = builder()
-        example = test[0][:2]
-        _export(model, member, example, path)
+    stored = None if member.needs_shared else (store or stored_teachers()) / f"{name}.pt"
+    path = stored if stored is not None and stored.exists() else folder / "teacher.pt"
+    test_path = folder / "test.pt"
+    if not path.exists() or not test_path.exists():
+        train, test = data()
+        folder.mkdir(parents=True, exist_ok=True)
         torch.save({"x": test[0], "y": test[1]}, test_path)
-        score = accuracy(torch.jit.load(str(path)), test[0], test[1])
-        meta = {
-            "member": asdict(member),
-            "accuracy": score,
-            "parameters": sum(p.numel() for p in model.parameters()),
-        }
-        meta_path.write_text(json.dumps(meta, indent=2))
-    data = torch.load(test_path, weights_only=True)
-    meta = json.loads(meta_path.read_text())
-    return Teacher(member, path, (data["x"], data["y"]), meta["accuracy"], meta["parameters"])
+        if not path.exists():
+            torch.set_num_threads(max(1, torch.get_num_threads()))
+            _export(fit(train), member, test[0][:2], path)
+    split = torch.load(test_path, weights_only=True)
+    test = (split["x"], split["y"])
+    model = torch.jit.load(str(path))
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    return Teacher(member, path, test, accuracy(model, test[0], test[1]), parameters)
+
+
+def store_teacher(name: str, store: Path | None = None) -> Path:
+    """Copy the trained teacher of ``name`` into the repository's store; its path there."""
+    teacher = load_teacher(name)
+    target = (store or stored_teachers()) / f"{name}.pt"
+    if teacher.path != target:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(teacher.path, target)
+    return target
 
 
 def score(model: nn.Module, teacher: Teacher) -> float:
@@ -523,8 +554,11 @@ if __name__ == "__main__":
     import sys
     import time
 
-    for name in available(sys.argv[1:] or None):
+    store = "--store" in sys.argv[1:]
+    for name in available([arg for arg in sys.argv[1:] if arg != "--store"] or None):
         started = time.perf_counter()
+        if store and not MEMBERS[name][0].needs_shared:
+            store_teacher(name)
         teacher = load_teacher(name)
         print(
             f"{name}: {teacher.accuracy:.2%} on {len(teacher.test[1])} test inputs, "
