@@ -21,7 +21,12 @@ from torch import nn
 from kegnet_core.config import DistillConfig
 from kegnet_core.losses import distillation_loss
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
-from kegnet_core.sources import SampleSource
+from kegnet_core.sources import PoolSource, SampleSource
+
+# A fixed pool's teacher outputs (logits and matched layers) are computed once
+# and kept when they take at most this many bytes; otherwise every step runs
+# the teacher again.
+CACHE_BYTES = 2 * 1024**3
 
 
 @dataclass
@@ -99,6 +104,41 @@ def feature_loss(
     return torch.stack(losses).mean()
 
 
+@dataclass
+class TeacherCache:
+    """The teacher's logits and matched layers' outputs on every input of a fixed pool.
+
+    Distilling from a pool (synthesised inputs) sees each input many times
+    over; computing the teacher's answers once saves its forward pass at every
+    step (a third of a ResNet14 run's distillation time).
+    """
+
+    logits: torch.Tensor  # (pool, classes)
+    features: dict[str, torch.Tensor]  # layer name -> (pool, *output shape)
+
+    def take(self, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.logits[index], {name: output[index] for name, output in self.features.items()}
+
+
+@torch.no_grad()
+def cache_teacher(
+    teacher: nn.Module, pool: torch.Tensor, taps: _LayerOutputs, *, limit: int, batch: int = 256
+) -> TeacherCache | None:
+    """The teacher's outputs on all of ``pool`` (``taps`` records the layers), or None where
+    they would take more than ``limit`` bytes."""
+    teacher(pool[:1])
+    per_input = sum(output[0].numel() for output in taps.outputs.values()) * pool.element_size()
+    if len(pool) * per_input > limit:
+        return None
+    logits: list[torch.Tensor] = []
+    features: dict[str, list[torch.Tensor]] = {name: [] for name in taps.outputs}
+    for start in range(0, len(pool), batch):
+        logits.append(teacher(pool[start : start + batch]))
+        for name, output in taps.outputs.items():
+            features[name].append(output.detach())
+    return TeacherCache(torch.cat(logits), {name: torch.cat(parts) for name, parts in features.items()})
+
+
 def distill_student(
     student: nn.Module,
     teacher: nn.Module,
@@ -147,6 +187,11 @@ def distill_student(
     use_features = config.feature_weight > 0 and bool(matched_layers) and pool is None
     student_taps = _LayerOutputs(student, matched_layers if use_features else ())
     teacher_taps = _LayerOutputs(teacher, matched_layers if use_features else ())
+    cache = (
+        cache_teacher(teacher, source.pool, teacher_taps, limit=CACHE_BYTES)
+        if isinstance(source, PoolSource) and pool is None
+        else None
+    )
     result = DistillResult()
     best_state = copy.deepcopy(student.state_dict())
     result.best_divergence = divergence(student, held_out, held_out_logits)
@@ -178,13 +223,18 @@ def distill_student(
                 order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(step + 1))
             index = order[position : position + config.batch_size].to(pool.device)
             inputs, targets = pool[index], pool_logits[index]
+        elif cache is not None and isinstance(source, PoolSource):
+            index = source.indices(config.batch_size, rng)
+            inputs = source.pool[index]
+            targets, teacher_features = cache.take(index)
         else:
             inputs = source.sample(config.batch_size, rng)
             with torch.no_grad():
                 targets = teacher(inputs)
+            teacher_features = teacher_taps.outputs
         loss = distillation_loss(student(inputs), targets, config.temperature)
         if use_features:
-            loss = loss + config.feature_weight * feature_loss(student_taps.outputs, teacher_taps.outputs)
+            loss = loss + config.feature_weight * feature_loss(student_taps.outputs, teacher_features)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

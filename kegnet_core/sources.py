@@ -151,9 +151,14 @@ class PoolSource:
         self.pool = pool
         self.name = name
 
+    def indices(self, count: int, rng: torch.Generator) -> torch.Tensor:
+        """Which pool inputs the next ``count`` draws are (what :meth:`sample` returns, by index)."""
+        return torch.randint(0, len(self.pool), (count,), generator=rng, device=rng.device).to(
+            self.pool.device
+        )
+
     def sample(self, count: int, rng: torch.Generator) -> torch.Tensor:
-        index = torch.randint(0, len(self.pool), (count,), generator=rng, device=rng.device)
-        return self.pool[index.to(self.pool.device)]
+        return self.pool[self.indices(count, rng)]
 
 
 class UniformSource:
