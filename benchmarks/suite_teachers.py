@@ -535,10 +535,9 @@ def load_teacher(name: str, cache: Path | None = None, *, store: Path | None = N
     return Teacher(member, path, test, accuracy(model, test[0], test[1]), parameters)
 
 
-def store_teacher(name: str, store: Path | None = None) -> Path:
-    """Copy the trained teacher of ``name`` into the repository's store; its path there."""
-    teacher = load_teacher(name)
-    target = (store or stored_teachers()) / f"{name}.pt"
+def store_teacher(teacher: Teacher, store: Path | None = None) -> Path:
+    """Copy ``teacher``'s TorchScript into the repository's store; its path there."""
+    target = (store or stored_teachers()) / f"{teacher.member.name}.pt"
     if teacher.path != target:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(teacher.path, target)
@@ -557,9 +556,9 @@ if __name__ == "__main__":
     store = "--store" in sys.argv[1:]
     for name in available([arg for arg in sys.argv[1:] if arg != "--store"] or None):
         started = time.perf_counter()
-        if store and not MEMBERS[name][0].needs_shared:
-            store_teacher(name)
         teacher = load_teacher(name)
+        if store and not teacher.member.needs_shared:
+            store_teacher(teacher)
         print(
             f"{name}: {teacher.accuracy:.2%} on {len(teacher.test[1])} test inputs, "
             f"{teacher.parameters:,} parameters, {time.perf_counter() - started:.0f} s"
