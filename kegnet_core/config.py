@@ -44,6 +44,7 @@ def _section(config: Any) -> str:
         SynthesisConfig: "synthesis",
         SamplingConfig: "sampling",
         DistillConfig: "distill",
+        TuckerConfig: "tucker",
     }.get(type(config), type(config).__name__)
 
 
@@ -180,6 +181,24 @@ class DistillConfig:
             raise ValueError("distill.final_learning_rate must be at least 0 or null")
 
 
+@dataclass(frozen=True)
+class TuckerConfig:
+    """How the planned layers are factorised (kegnet_core.tucker).
+
+    Where the student learns from inputs synthesised against the teacher,
+    ``activation_samples`` of them show each layer's input and output
+    channels, and its factors are chosen for the error they cause there.
+    Otherwise, and with 0, the weights alone are factorised (partial Tucker,
+    ``iterations`` rounds of HOOI), as the paper does."""
+
+    iterations: int = 100
+    activation_samples: int = 0
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "iterations")
+        _check_at_least(self, 0, "activation_samples")
+
+
 def fit_synthesis(config: SynthesisConfig, macs: int) -> SynthesisConfig:
     """``config`` cut to its work limit: fewer inputs first (down to ``min_samples`` and half the
     probes), then fewer steps (down to ``min_steps``).  Each input's optimisation matters more than
@@ -222,7 +241,7 @@ class Recipe:
     distill: DistillConfig
     baseline_distill: DistillConfig
     synthesis: SynthesisConfig = SynthesisConfig()
-    tucker_iterations: int = 100
+    tucker: TuckerConfig = TuckerConfig()
     description: str = ""
 
 
@@ -264,10 +283,10 @@ _DEFAULT_DISTILL = DistillConfig(
 DEFAULT = Recipe(
     name="default",
     description="Our recipe: for a teacher with BatchNorm, 1,024 inputs synthesised against it (its class "
-    "evidence and BatchNorm statistics, 300 Adam steps) and 256 more held out as probes for the quality "
-    "estimate; without BatchNorm, procedural images (or Gaussian vectors); the student distilled for "
-    "1,500 steps of 128 (KL, Adam 1e-3, cosine); big teachers get fewer steps within a fixed amount of "
-    "work.",
+    "evidence and BatchNorm statistics, 300 Adam steps), the Tucker factors fitted to them, and 256 more "
+    "held out as probes for the quality estimate; without BatchNorm, procedural images (or Gaussian "
+    "vectors); the student distilled for 1,500 steps of 128 (KL, Adam 1e-3, cosine); big teachers get "
+    "fewer steps within a fixed amount of work.",
     extraction=ExtractionConfig(
         generators=2,
         epochs=20,
@@ -293,6 +312,9 @@ DEFAULT = Recipe(
     distill=_DEFAULT_DISTILL,
     # The baselines (uniform, Gaussian, strokes, procedural) learn the same way.
     baseline_distill=_DEFAULT_DISTILL,
+    # Factors chosen for the output error on 512 of the synthesised inputs
+    # (docs/design.md, the default recipe, item 3).
+    tucker=TuckerConfig(activation_samples=512),
 )
 
 
@@ -318,11 +340,11 @@ QUICK = Recipe(
     sampling=SamplingConfig(),
     distill=_QUICK_DISTILL,
     baseline_distill=_QUICK_DISTILL,
-    tucker_iterations=20,
+    tucker=TuckerConfig(iterations=20, activation_samples=128),
 )
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (QUICK, DEFAULT, PAPER)}
-SECTIONS = ("extraction", "synthesis", "sampling", "distill", "baseline_distill")
+SECTIONS = ("extraction", "synthesis", "sampling", "distill", "baseline_distill", "tucker")
 
 
 def get_recipe(name: str, overrides: Mapping[str, Any] | None = None) -> Recipe:

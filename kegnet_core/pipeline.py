@@ -234,7 +234,7 @@ def _compress_pipeline(validated: stages.Validated, run: _Run) -> None:
     spec, recipe, report, device = run.spec, run.recipe, run.report, run.device
     extracted = _extracting_if_needed(validated, run)
     with run.clock.stage(Stage.COMPRESSING):
-        student = stages.compress(validated, recipe, spec.seed)
+        student = stages.compress(validated, extracted, recipe, spec.seed)
         run.progress(
             ProgressEvent(
                 Stage.COMPRESSING.value, 1, 1, {"compression_ratio": validated.plan.compression_ratio}

@@ -52,7 +52,7 @@ from kegnet_core.sources import (
 )
 from kegnet_core.spec import CompressionSpec, Prior, Task
 from kegnet_core.synthesis import synthesise
-from kegnet_core.tucker import CompressionPlan, apply_plan, plan_compression
+from kegnet_core.tucker import CompressionPlan, apply_plan, layer_moments, plan_compression
 
 
 @dataclass
@@ -265,11 +265,24 @@ def extract(
     return extracted
 
 
-def compress(validated: Validated, recipe: Recipe, seed: int) -> nn.Module:
-    """The teacher with each planned layer swapped for its Tucker-2 twin (a new module)."""
+def compress(validated: Validated, extracted: Extracted, recipe: Recipe, seed: int) -> nn.Module:
+    """The teacher with each planned layer swapped for its Tucker-2 twin (a new module).
+
+    With ``tucker.activation_samples`` and inputs synthesised against the teacher's BatchNorm
+    statistics, the factors are chosen for each layer's output error on the first that many of
+    them (the pool the student will learn from); otherwise from the weights alone (the other priors'
+    inputs do not look like the teacher's real ones inside it, docs/design.md)."""
     assert validated.plan is not None, "compress needs a plan from validate"
+    config = recipe.tucker
+    moments = None
+    pool = extracted.synthesised
+    if config.activation_samples and needs_synthesis(validated.prior) and pool is not None:
+        layers = [layer.name for layer in validated.plan.layers]
+        moments = layer_moments(validated.teacher, layers, pool[: config.activation_samples])
     with seeded_init(seed):
-        return apply_plan(validated.teacher, validated.plan, n_iter_max=recipe.tucker_iterations, seed=seed)
+        return apply_plan(
+            validated.teacher, validated.plan, n_iter_max=config.iterations, seed=seed, moments=moments
+        )
 
 
 def source_context(validated: Validated, extracted: Extracted, recipe: Recipe) -> SourceContext:

@@ -5,13 +5,18 @@ A Conv2d weight (out, in, k, k) factorises over its two channel modes into
 ``in_factor (in, r_in)``: a 1x1 conv down to r_in channels, the core KxK conv,
 and a 1x1 conv up to ``out`` channels that keeps the bias.  A Linear weight is
 the same with k = 1.  Factorisation follows KegNet's reference: partial
-Tucker by higher-order orthogonal iteration from an SVD start.
+Tucker by higher-order orthogonal iteration from an SVD start.  Given sample
+inputs (:func:`layer_moments`), the factors are instead chosen for the error
+they cause in the layer's *output* on those inputs (:func:`tucker2_on_activations`,
+activation-aware low rank as in ASVD / SVD-LLM): the input factor by the SVD
+of the weights whitened by the input channels' second moment, the output
+factor by the principal directions of the output channels.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import tensorly
@@ -42,6 +47,106 @@ def tucker2(
     )
 
 
+@dataclass(frozen=True)
+class LayerMoments:
+    """Uncentred second moments of a layer's input channels and of its output channels less
+    the bias, over sample inputs (and every spatial position of a conv)."""
+
+    inputs: torch.Tensor  # (in, in), float64
+    outputs: torch.Tensor  # (out, out), float64
+
+
+@torch.no_grad()
+def layer_moments(
+    model: nn.Module, names: Sequence[str], inputs: torch.Tensor, *, batch_size: int = 128
+) -> dict[str, LayerMoments]:
+    """Each named Conv2d / Linear layer's :class:`LayerMoments` as ``model`` runs on ``inputs``."""
+    sums: dict[str, list[torch.Tensor]] = {}
+    counts: dict[str, int] = dict.fromkeys(names, 0)
+
+    def record(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            x, y = args[0].detach().double(), output.detach().double()
+            bias = getattr(module, "bias", None)
+            channels = 1 if x.dim() == 4 else -1  # conv: (N, C, H, W); linear: (..., C)
+            if bias is not None:
+                y = y - bias.double().reshape([-1, 1, 1] if channels == 1 else [-1])
+            x = x.movedim(channels, -1).reshape(-1, x.shape[channels])
+            y = y.movedim(channels, -1).reshape(-1, y.shape[channels])
+            moments = [x.T @ x, y.T @ y]
+            if name in sums:
+                moments = [a + b for a, b in zip(sums[name], moments, strict=True)]
+            sums[name] = moments
+            counts[name] += x.shape[0]
+
+        return hook
+
+    device = next(model.parameters()).device
+    handles = [model.get_submodule(name).register_forward_hook(record(name)) for name in names]
+    try:
+        for start in range(0, len(inputs), batch_size):
+            model(inputs[start : start + batch_size].to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {
+        name: LayerMoments(sums[name][0].cpu() / counts[name], sums[name][1].cpu() / counts[name])
+        for name in names
+        if name in sums
+    }
+
+
+def tucker2_on_activations(
+    weight: torch.Tensor, ranks: Ranks, moments: LayerMoments
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(core, out_factor, in_factor) chosen for the output error on the inputs ``moments`` saw,
+    or None where the moments are unusable (non-finite, or no signal).
+
+    With C the input channels' second moment and C = Q diag(l) Q^T, the weight
+    unfolded over its input channels, A (in, out*k*k), is whitened to
+    A^T Q diag(sqrt l); its best rank-r_in approximation U S V^T gives the
+    input factor (Q diag(1/sqrt l) V)^T, the best possible for the output
+    error with inputs of that second moment.  The output factor is the top
+    r_out eigenvectors of the output channels' second moment.  Full ranks
+    reproduce the weight exactly."""
+    out_rank, in_rank = ranks
+    w = weight.detach().to("cpu", torch.float64)
+    out_channels, in_channels = w.shape[:2]
+    kernel = w.shape[2:]
+    c_in, c_out = moments.inputs.double(), moments.outputs.double()
+    if not (torch.isfinite(c_in).all() and torch.isfinite(c_out).all()) or torch.trace(c_in) <= 0:
+        return None
+    unfolded = w.transpose(0, 1).reshape(in_channels, -1)  # (in, out*k*k)
+    values, vectors = torch.linalg.eigh(c_in)
+    values = values.clamp_min(values.max() * 1e-8)
+    root, inverse_root = vectors * values.sqrt(), vectors / values.sqrt()  # C = root root^T
+    u, s, vh = torch.linalg.svd(unfolded.T @ root, full_matrices=False)
+    # Past the unfolding's own rank the extra input channels carry nothing (zero factors).
+    in_factor = torch.zeros(in_channels, in_rank, dtype=w.dtype)
+    kept = min(in_rank, len(s))
+    in_factor[:, :kept] = inverse_root @ vh[:kept].T
+    projected = torch.zeros(in_rank, out_channels * kernel.numel(), dtype=w.dtype)
+    projected[:kept] = (u[:, :kept] * s[:kept]).T
+    # Unit columns, the scale in the core, as in a plain Tucker: Adam moves every weight by
+    # about its learning rate, so a whitened factor of tiny entries would be wiped out at once.
+    norms = in_factor.norm(dim=0).clamp_min(1e-12)
+    in_factor = in_factor / norms
+    projected = projected * norms[:, None]
+    projected = projected.reshape(in_rank, out_channels, *kernel).transpose(0, 1)  # (out, r_in, k, k)
+    out_values, out_vectors = torch.linalg.eigh(c_out)
+    out_factor = out_vectors[:, torch.argsort(out_values, descending=True)[:out_rank]]  # (out, r_out)
+    core = torch.einsum("or,oi...->ri...", out_factor, projected)
+    dtype = weight.dtype
+    return core.to(dtype), out_factor.to(dtype), in_factor.to(dtype)
+
+
+def _factors(
+    weight: torch.Tensor, ranks: Ranks, n_iter_max: int, seed: int, moments: LayerMoments | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    factors = tucker2_on_activations(weight, ranks, moments) if moments is not None else None
+    return factors if factors is not None else tucker2(weight, ranks, n_iter_max=n_iter_max, seed=seed)
+
+
 class TuckerConv2d(nn.Module):
     """1x1 conv (in -> r_in), KxK core conv (r_in -> r_out), 1x1 conv (r_out -> out)."""
 
@@ -63,13 +168,20 @@ class TuckerConv2d(nn.Module):
 
     @classmethod
     def from_conv(
-        cls, conv: nn.Conv2d, ranks: Ranks, *, n_iter_max: int = 100, seed: int = 0
+        cls,
+        conv: nn.Conv2d,
+        ranks: Ranks,
+        *,
+        n_iter_max: int = 100,
+        seed: int = 0,
+        moments: LayerMoments | None = None,
     ) -> TuckerConv2d:
-        """The factorised twin of ``conv``, initialised by its partial Tucker."""
+        """The factorised twin of ``conv``: its partial Tucker, or with ``moments`` the factors
+        for the output error on those inputs."""
         if conv.groups != 1:
             raise ValueError("only convolutions with groups=1 can be Tucker-factorised")
         layer = cls(conv, ranks)
-        core, out_factor, in_factor = tucker2(conv.weight, ranks, n_iter_max=n_iter_max, seed=seed)
+        core, out_factor, in_factor = _factors(conv.weight, ranks, n_iter_max, seed, moments)
         with torch.no_grad():
             layer.first.weight.copy_(in_factor.T[:, :, None, None])  # (r_in, in, 1, 1)
             layer.core.weight.copy_(core)  # (r_out, r_in, k, k)
@@ -94,11 +206,18 @@ class TuckerLinear(nn.Module):
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Linear, ranks: Ranks, *, n_iter_max: int = 100, seed: int = 0
+        cls,
+        linear: nn.Linear,
+        ranks: Ranks,
+        *,
+        n_iter_max: int = 100,
+        seed: int = 0,
+        moments: LayerMoments | None = None,
     ) -> TuckerLinear:
-        """The factorised twin of ``linear``, initialised by its partial Tucker."""
+        """The factorised twin of ``linear``: its partial Tucker, or with ``moments`` the factors
+        for the output error on those inputs."""
         layer = cls(linear, ranks)
-        core, out_factor, in_factor = tucker2(linear.weight, ranks, n_iter_max=n_iter_max, seed=seed)
+        core, out_factor, in_factor = _factors(linear.weight, ranks, n_iter_max, seed, moments)
         with torch.no_grad():
             layer.first.weight.copy_(in_factor.T)  # (r_in, in)
             layer.core.weight.copy_(core)  # (r_out, r_in)
@@ -405,17 +524,28 @@ def _plan_for_ratio(
 
 
 def apply_plan(
-    model: nn.Module, plan: CompressionPlan, *, n_iter_max: int = 100, seed: int = 0, inplace: bool = False
+    model: nn.Module,
+    plan: CompressionPlan,
+    *,
+    n_iter_max: int = 100,
+    seed: int = 0,
+    inplace: bool = False,
+    moments: Mapping[str, LayerMoments] | None = None,
 ) -> nn.Module:
-    """The model with each planned layer swapped for its Tucker-2 twin."""
+    """The model with each planned layer swapped for its Tucker-2 twin; layers with
+    ``moments`` (from :func:`layer_moments` on the original model) are factorised for their
+    output error on those inputs."""
     student = model if inplace else copy.deepcopy(model)
     for layer in plan.layers:
         module = student.get_submodule(layer.name)
+        seen = (moments or {}).get(layer.name)
         twin: nn.Module
         if isinstance(module, nn.Conv2d):
-            twin = TuckerConv2d.from_conv(module, layer.ranks, n_iter_max=n_iter_max, seed=seed)
+            twin = TuckerConv2d.from_conv(module, layer.ranks, n_iter_max=n_iter_max, seed=seed, moments=seen)
         elif isinstance(module, nn.Linear):
-            twin = TuckerLinear.from_linear(module, layer.ranks, n_iter_max=n_iter_max, seed=seed)
+            twin = TuckerLinear.from_linear(
+                module, layer.ranks, n_iter_max=n_iter_max, seed=seed, moments=seen
+            )
         else:
             raise TypeError(f"{layer.name} is a {type(module).__name__}, not Conv2d or Linear")
         student.set_submodule(layer.name, twin)

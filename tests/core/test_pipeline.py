@@ -127,6 +127,37 @@ def test_the_default_prior_synthesises_inputs_against_the_teacher(tiny_cnn, tmp_
     assert report.quality is not None and report.quality.probe_samples == recipe.synthesis.probe_samples
 
 
+@pytest.mark.parametrize("prior", ["auto", "gaussian"])
+def test_factors_fit_the_synthesised_inputs_only(tiny_cnn, tmp_path, monkeypatch, prior):
+    """With a synthesised pool the factors are chosen on (the first of) its inputs, seen at
+    each planned layer; a prior whose inputs do not resemble real ones factorises the weights."""
+    import kegnet_core.stages as stages
+
+    seen: list[tuple[list[str], torch.Tensor]] = []
+    pools: list[torch.Tensor] = []
+    real_moments, real_distill = stages.layer_moments, stages.distill_student
+
+    def moments_spy(model, names, inputs, **kwargs):
+        seen.append((list(names), inputs))
+        return real_moments(model, names, inputs, **kwargs)
+
+    def distill_spy(student, teacher, source, config, **kwargs):
+        pools.append(getattr(source, "pool", torch.empty(0)))
+        return real_distill(student, teacher, source, config, **kwargs)
+
+    monkeypatch.setattr(stages, "layer_moments", moments_spy)
+    monkeypatch.setattr(stages, "distill_student", distill_spy)
+    report = run(tiny_cnn, _spec(prior=prior), tmp_path / prior, measure_latency=False)
+    if prior == "gaussian":
+        assert not seen
+        return
+    ((names, inputs),) = seen
+    assert sorted(names) == sorted(report.ranks)
+    recipe = _spec().recipe()
+    assert len(inputs) == min(recipe.tucker.activation_samples, recipe.synthesis.samples)
+    assert torch.equal(inputs, pools[0][: len(inputs)])
+
+
 def test_extract_only_writes_generators(tiny_cnn, tmp_path):
     report = run(tiny_cnn, _spec(task="extract"), tmp_path / "gen")
     assert report.artifacts.generators == ["generator_0.pt"]

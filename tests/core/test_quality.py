@@ -69,6 +69,10 @@ SMALL = {
     "synthesis.steps": 150,
     "synthesis.probe_samples": 256,
     "distill.steps": 300,
+    # The weights' own factors: on this small teacher at ranks (4, 4) the factors fitted to the
+    # synthesised inputs lose (93.3% against 95.0% agreement on real digits, docs/design.md),
+    # while on the suite's BatchNorm teachers they win; this test is about what distillation adds.
+    "tucker.activation_samples": 0,
 }
 
 

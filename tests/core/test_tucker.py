@@ -17,6 +17,7 @@ from kegnet_core.tucker import (
     apply_plan,
     default_layers,
     factorised_params,
+    layer_moments,
     plan_compression,
 )
 from kegnet_core.zoo import LeNet5, load_paper_teacher
@@ -61,6 +62,83 @@ def test_low_rank_conv_is_exact_for_low_rank_weight():
     with torch.no_grad():
         assert torch.allclose(twin(x), conv(x), atol=1e-4)
     assert sum(p.numel() for p in twin.parameters()) == factorised_params(conv, (3, 2))
+
+
+def _moments_of(layer: nn.Module, x: torch.Tensor):
+    return layer_moments(nn.Sequential(layer), ["0"], x)["0"]
+
+
+def test_layer_moments_are_the_channels_second_moments():
+    torch.manual_seed(0)
+    linear = nn.Linear(5, 4)
+    x = torch.randn(300, 5) * torch.tensor([1.0, 2.0, 0.5, 3.0, 1.0]) + 1.0
+    moments = layer_moments(nn.Sequential(linear), ["0"], x, batch_size=64)["0"]  # several batches
+    with torch.no_grad():
+        y = linear(x) - linear.bias
+    assert torch.allclose(moments.inputs, (x.T @ x).double() / 300, atol=1e-5)
+    assert torch.allclose(moments.outputs, (y.T @ y).double() / 300, atol=1e-4)
+    conv = nn.Conv2d(3, 2, 3)
+    images = torch.randn(4, 3, 6, 6)
+    seen = _moments_of(conv, images)
+    pixels = images.permute(0, 2, 3, 1).reshape(-1, 3).double()
+    assert torch.allclose(seen.inputs, pixels.T @ pixels / len(pixels))  # every position counts
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_activation_aware_factors_at_full_rank_equal_dense(kind):
+    torch.manual_seed(0)
+    layer: nn.Module = nn.Conv2d(6, 10, 3) if kind == "conv" else nn.Linear(9, 5)
+    x = torch.randn(64, 6, 9, 9) if kind == "conv" else torch.randn(64, 9)
+    moments = _moments_of(layer, x)
+    if kind == "conv":
+        twin: nn.Module = TuckerConv2d.from_conv(layer, (10, 6), moments=moments)
+    else:
+        twin = TuckerLinear.from_linear(layer, (5, 9), moments=moments)
+    with torch.no_grad():
+        assert torch.allclose(twin(x), layer(x), atol=1e-4)
+
+
+def test_activation_aware_factors_fit_the_inputs_the_layer_sees():
+    """Inputs that live in 3 of 8 channel directions: 3 input ranks chosen on them lose nothing
+    there, while the factors of the weights alone lose much of the output."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 12, 3, bias=False)
+    basis = torch.linalg.qr(torch.randn(8, 8))[0]
+    seen = torch.einsum("nchw,dc->ndhw", torch.randn(128, 3, 7, 7), basis[:, 5:])  # the weakest directions
+    with torch.no_grad():  # the weights are strongest where the inputs never go
+        conv.weight.copy_(torch.einsum("oikl,di->odkl", conv.weight, basis * torch.linspace(3, 0.1, 8)))
+    aware = TuckerConv2d.from_conv(conv, (12, 3), moments=_moments_of(conv, seen))
+    plain = TuckerConv2d.from_conv(conv, (12, 3))
+    with torch.no_grad():
+        target = conv(seen)
+        aware_error = (aware(seen) - target).norm() / target.norm()
+        plain_error = (plain(seen) - target).norm() / target.norm()
+    assert aware_error < 1e-4
+    assert plain_error > 0.5
+
+
+def test_activation_aware_output_factor_keeps_the_outputs_that_vary():
+    torch.manual_seed(0)
+    linear = nn.Linear(6, 6, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.diag(torch.tensor([1.0, 1.0, 1.0, 5.0, 5.0, 5.0])))
+    x = torch.randn(256, 6) * torch.tensor([10.0, 10.0, 10.0, 0.1, 0.1, 0.1])  # outputs 1-3 dominate
+    aware = TuckerLinear.from_linear(linear, (3, 6), moments=_moments_of(linear, x))
+    plain = TuckerLinear.from_linear(linear, (3, 6))  # keeps the weight's big outputs 4-6
+    with torch.no_grad():
+        target = linear(x)
+        assert (aware(x) - target).norm() < 0.05 * target.norm()
+        assert (plain(x) - target).norm() > 0.9 * target.norm()
+
+
+def test_unusable_moments_fall_back_to_the_weights():
+    torch.manual_seed(0)
+    linear = nn.Linear(5, 4)
+    moments = _moments_of(linear, torch.zeros(10, 5))  # no signal at all
+    twin = TuckerLinear.from_linear(linear, (4, 5), moments=moments)
+    x = torch.randn(3, 5)
+    with torch.no_grad():
+        assert torch.allclose(twin(x), linear(x), atol=1e-5)
 
 
 def test_evbmf_finds_the_rank_of_a_noisy_low_rank_matrix():
