@@ -350,6 +350,11 @@ SECTIONS = ("extraction", "synthesis", "sampling", "distill", "baseline_distill"
 def get_recipe(name: str, overrides: Mapping[str, Any] | None = None) -> Recipe:
     """The named recipe with ``overrides`` (``{"distill.steps": 500}``) applied.
 
+    Where the preset distils its baselines exactly as its learned priors
+    (``default``, ``quick``: one ``distill``), a ``distill.*`` override
+    applies to ``baseline_distill`` too, unless that setting is overridden
+    there itself; only ``paper`` keeps the paper's separate baseline recipe.
+
     Raises ``ValueError`` naming the setting for an unknown recipe or setting,
     a value of the wrong type, or one out of range.
     """
@@ -357,7 +362,13 @@ def get_recipe(name: str, overrides: Mapping[str, Any] | None = None) -> Recipe:
         recipe = RECIPES[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(RECIPES)}") from None
-    for key, value in (overrides or {}).items():
+    given = dict(overrides or {})
+    if recipe.baseline_distill == recipe.distill:
+        for key, value in list(given.items()):
+            section, _, setting = key.partition(".")
+            if section == "distill":
+                given.setdefault(f"baseline_distill.{setting}", value)
+    for key, value in given.items():
         section, _, setting = key.partition(".")
         if section not in SECTIONS or not setting:
             raise ValueError(

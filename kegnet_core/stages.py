@@ -310,6 +310,10 @@ def distill(
 ) -> DistillResult | None:
     """Fine-tune ``student`` in place on the prior's samples; nothing for ``Prior.NONE``.
 
+    The factorised layers' outputs are held to the teacher's (``feature_weight``) only on inputs
+    synthesised against its BatchNorm statistics: on the other priors' inputs, which do not
+    look like the real ones inside the teacher, matching each layer spends the student's few
+    directions on what real inputs never excite (docs/design.md, the default recipe, item 4).
     With ``checkpoints``, the run's state is saved at every check, and a run
     that finds it there goes on from it."""
     prior = validated.prior
@@ -326,7 +330,7 @@ def distill(
         source,
         config,
         rng=rng,
-        matched_layers=[layer.name for layer in validated.plan.layers],
+        matched_layers=[layer.name for layer in validated.plan.layers] if needs_synthesis(prior) else (),
         progress=progress,
         resume=checkpoints.load(DISTILLATION) if checkpoints is not None else None,
         on_checkpoint=(lambda state: checkpoints.save(DISTILLATION, state))

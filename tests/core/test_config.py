@@ -21,6 +21,20 @@ def test_overrides_change_one_setting_and_keep_their_type():
     assert recipe.extraction == get_recipe("default").extraction  # nothing else moved
 
 
+def test_a_distill_override_reaches_the_baselines_where_the_preset_distils_them_alike():
+    # default distils procedural/Gaussian students with the same settings as
+    # synthesised ones: one override must change how every prior's student learns.
+    recipe = get_recipe("default", {"distill.temperature": 4, "distill.steps": 9})
+    assert recipe.baseline_distill.temperature == 4.0 and recipe.baseline_distill.steps == 9
+    # ...unless the baseline's own setting is given.
+    both = get_recipe("default", {"distill.steps": 9, "baseline_distill.steps": 11})
+    assert (both.distill.steps, both.baseline_distill.steps) == (9, 11)
+    # The paper's baselines keep their own recipe.
+    paper = get_recipe("paper", {"distill.steps": 9})
+    assert paper.distill.steps == 9
+    assert paper.baseline_distill == get_recipe("paper").baseline_distill
+
+
 @pytest.mark.parametrize(
     ("overrides", "words"),
     [

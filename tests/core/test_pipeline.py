@@ -130,7 +130,8 @@ def test_the_default_prior_synthesises_inputs_against_the_teacher(tiny_cnn, tmp_
 @pytest.mark.parametrize("prior", ["auto", "gaussian"])
 def test_factors_fit_the_synthesised_inputs_only(tiny_cnn, tmp_path, monkeypatch, prior):
     """With a synthesised pool the factors are chosen on (the first of) its inputs, seen at
-    each planned layer; a prior whose inputs do not resemble real ones factorises the weights."""
+    each planned layer, and the student matches those layers' outputs as it learns; a prior
+    whose inputs do not resemble real ones factorises the weights and matches only logits."""
     import kegnet_core.stages as stages
 
     seen: list[tuple[list[str], torch.Tensor]] = []
@@ -141,8 +142,11 @@ def test_factors_fit_the_synthesised_inputs_only(tiny_cnn, tmp_path, monkeypatch
         seen.append((list(names), inputs))
         return real_moments(model, names, inputs, **kwargs)
 
+    matched: list[list[str]] = []
+
     def distill_spy(student, teacher, source, config, **kwargs):
         pools.append(getattr(source, "pool", torch.empty(0)))
+        matched.append(list(kwargs["matched_layers"]))
         return real_distill(student, teacher, source, config, **kwargs)
 
     monkeypatch.setattr(stages, "layer_moments", moments_spy)
@@ -150,7 +154,9 @@ def test_factors_fit_the_synthesised_inputs_only(tiny_cnn, tmp_path, monkeypatch
     report = run(tiny_cnn, _spec(prior=prior), tmp_path / prior, measure_latency=False)
     if prior == "gaussian":
         assert not seen
+        assert matched == [[]]
         return
+    assert [sorted(names) for names in matched] == [sorted(report.ranks)]
     ((names, inputs),) = seen
     assert sorted(names) == sorted(report.ranks)
     recipe = _spec().recipe()

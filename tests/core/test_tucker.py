@@ -90,9 +90,10 @@ def test_activation_aware_factors_at_full_rank_equal_dense(kind):
     layer: nn.Module = nn.Conv2d(6, 10, 3) if kind == "conv" else nn.Linear(9, 5)
     x = torch.randn(64, 6, 9, 9) if kind == "conv" else torch.randn(64, 9)
     moments = _moments_of(layer, x)
-    if kind == "conv":
+    if isinstance(layer, nn.Conv2d):
         twin: nn.Module = TuckerConv2d.from_conv(layer, (10, 6), moments=moments)
     else:
+        assert isinstance(layer, nn.Linear)
         twin = TuckerLinear.from_linear(layer, (5, 9), moments=moments)
     with torch.no_grad():
         assert torch.allclose(twin(x), layer(x), atol=1e-4)
