@@ -1,0 +1,107 @@
+"""CPU latency of teacher and Tucker student, as saved and frozen for inference.
+
+Issue 14 asks that the student of a teacher of 10 MMACs or more be at least as
+fast as its teacher at batch 64 on the CPU.  For each suite teacher named, this
+compresses it at the ratio ``default`` chooses with no distillation (``prior:
+none``: the student's shape, which is all that latency depends on, is the
+same) and times, at batch 1 and 64 (median of 20 after warm-up, as the report
+does), the teacher and the student three ways: the TorchScript file as saved,
+``torch.jit.freeze`` of it, and ``torch.jit.optimize_for_inference`` of the
+frozen module (BatchNorm folded into the convolutions, oneDNN layouts).  It
+also checks that each optimised form gives the saved one's outputs.
+
+    python benchmarks/student_latency.py --members photos-vgg photos-resnet14 --write docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.docs_section import write_section  # noqa: E402
+from benchmarks.suite_teachers import MEMBERS, available, load_teacher  # noqa: E402
+from kegnet_core.measure import cpu_latency_ms  # noqa: E402
+from kegnet_core.pipeline import run  # noqa: E402
+from kegnet_core.spec import CompressionSpec  # noqa: E402
+
+FORMS = ("as saved", "frozen", "frozen + optimised")
+
+
+def forms(model: torch.jit.ScriptModule) -> dict[str, torch.jit.ScriptModule]:
+    """The saved module and its two inference forms (``freeze`` copies; ``model`` is untouched)."""
+    return {
+        "as saved": model,
+        "frozen": torch.jit.freeze(model),
+        "frozen + optimised": torch.jit.optimize_for_inference(torch.jit.freeze(model)),
+    }
+
+
+def measure(name: str) -> list[str]:
+    teacher = load_teacher(name)
+    shape = teacher.member.input_shape
+    spec = CompressionSpec.model_validate({"input_shape": shape, "prior": "none"})
+    rows = []
+    with tempfile.TemporaryDirectory() as out:
+        report = run(teacher.path, spec, out, device="cpu", measure_latency=False)
+        models = {
+            "teacher": torch.jit.load(str(teacher.path)).eval(),
+            f"student ({report.compression_ratio:.2f}x)": torch.jit.load(
+                str(Path(out) / "student.pt")
+            ).eval(),
+        }
+        x = torch.randn(64, *shape)
+        for label, model in models.items():
+            with torch.no_grad():
+                reference = model(x)
+            for form, variant in forms(model).items():
+                with torch.no_grad():
+                    difference = float((variant(x) - reference).abs().max())
+                times = [cpu_latency_ms(variant, shape, batch) for batch in (1, 64)]
+                cells = [
+                    f"`{name}`",
+                    label,
+                    form,
+                    f"{times[0]:.2f} ms",
+                    f"{times[1]:.2f} ms",
+                    f"{difference:.1e}",
+                ]
+                rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--members", nargs="+", choices=list(MEMBERS), default=["photos-vgg", "photos-resnet14"]
+    )
+    parser.add_argument("--write", type=Path, help="write the table into this markdown file")
+    args = parser.parse_args()
+    lines = [
+        "| teacher | model | form | batch 1 | batch 64 | max diff to saved |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in available(args.members):
+        lines += measure(name)
+        sys.stdout.write("\n".join(lines[-6:]) + "\n")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    text = f"Measured {stamp} on {machine} by `benchmarks/student_latency.py`.\n\n" + "\n".join(lines)
+    if args.write:
+        write_section(args.write, "student-latency", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
