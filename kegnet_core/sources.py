@@ -287,15 +287,17 @@ def resolve_prior(prior: Prior, batch_norms: int, input_shape: Sequence[int]) ->
     """The prior a run uses; any but ``auto`` is itself.
 
     ``auto`` adapts to what the teacher shows (docs/design.md, "The default
-    recipe"): with BatchNorm layers, ``synthesis`` (inputs matched to their
-    running statistics); without, ``procedural`` images for an image
-    classifier and N(0, 1) for a vector one.
+    recipe"): a vector classifier gets N(0, 1), which its standardised inputs
+    make the natural scale (with BatchNorm too: there synthesised vectors lost
+    5 points to it); an image classifier with BatchNorm layers ``synthesis``
+    (inputs matched to their running statistics), one without
+    ``procedural`` images.
     """
     if prior is not Prior.AUTO:
         return prior
-    if batch_norms > 0:
-        return Prior.SYNTHESIS
-    return Prior.PROCEDURAL if len(input_shape) == 3 else Prior.GAUSSIAN
+    if len(input_shape) != 3:
+        return Prior.GAUSSIAN
+    return Prior.SYNTHESIS if batch_norms > 0 else Prior.PROCEDURAL
 
 
 def needs_generators(prior: Prior) -> bool:

@@ -56,7 +56,7 @@ def test_the_procedural_source_draws_a_third_of_each_kind():
     ("batch_norms", "shape", "expected"),
     [
         (3, (3, 32, 32), Prior.SYNTHESIS),
-        (1, (40,), Prior.SYNTHESIS),
+        (1, (40,), Prior.GAUSSIAN),
         (0, (1, 32, 32), Prior.PROCEDURAL),
         (0, (64,), Prior.GAUSSIAN),
     ],
