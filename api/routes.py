@@ -59,8 +59,13 @@ def to_public(job: Job) -> JobPublic:
     if job.status == "running" and (job.metrics or {}).get("preview_version"):
         links[SAMPLES.name] = f"{base}/{SAMPLES.name}"  # the live preview while generators train
     error = {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None
-    columns = {name: getattr(job, name) for name in JobPublic.model_fields if name not in ("error", "links")}
-    return JobPublic.model_validate({**columns, "error": error, "links": links})
+    derived = ("error", "links", "estimated_duration_s")
+    columns = {name: getattr(job, name) for name in JobPublic.model_fields if name not in derived}
+    # The worker's estimate from its warm-up once it has one; before, the budget the job must keep.
+    estimate = (job.metrics or {}).get("estimate_s") or (job.spec or {}).get("budget_s")
+    return JobPublic.model_validate(
+        {**columns, "error": error, "links": links, "estimated_duration_s": estimate}
+    )
 
 
 def _parse_spec(text: str | None) -> dict[str, Any]:
@@ -72,6 +77,17 @@ def _parse_spec(text: str | None) -> dict[str, Any]:
         field = f"spec.{exc.field}" if exc.field else "spec"
         raise ApiError(422, "invalid_spec", f"{field}: {exc.message}", field=field) from exc
     return spec.to_json_dict()
+
+
+def _check_budget(spec: dict[str, Any], time_limit_s: float) -> None:
+    budget = spec.get("budget_s")
+    if budget is not None and budget > time_limit_s:
+        raise ApiError(
+            422,
+            "invalid_spec",
+            f"spec.budget_s: {budget:.0f} s is over this service's job time limit of {time_limit_s:.0f} s",
+            field="spec.budget_s",
+        )
 
 
 def _check_model(upload: Upload) -> None:
@@ -134,6 +150,7 @@ async def create_job(
     )
     try:
         spec = _parse_spec(upload.fields.get("spec"))
+        _check_budget(spec, services.settings.job_time_limit_s)
         _check_model(upload)
         assert upload.path is not None
         job, created = await run_in_threadpool(

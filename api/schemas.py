@@ -33,6 +33,11 @@ class JobPublic(BaseModel):
     error: JobError | None
     report: dict[str, Any] | None = Field(None, description="the compression report, once succeeded")
     metrics: dict[str, Any] | None = Field(None, description="latest training metrics and loss curves")
+    estimated_duration_s: float | None = Field(
+        None,
+        description="how long the job should run on its worker's device: the worker's estimate from "
+        "its warm-up once measured, before that the spec's budget_s; null without a budget",
+    )
     links: dict[str, str]
 
 

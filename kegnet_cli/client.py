@@ -99,11 +99,16 @@ def _download(client: httpx.Client, job_id: str, what: str, output: Path) -> Pat
 
 def _wait(client: httpx.Client, job_id: str, interval: float) -> dict[str, Any]:
     bar = ProgressBar()
+    announced = False
     try:
         while True:
             job: dict[str, Any] = _request(client, "GET", f"/v1/jobs/{job_id}").json()
             if job["status"] in TERMINAL_STATUSES:
                 return job
+            measured = (job.get("metrics") or {}).get("estimate_s")
+            if measured is not None and not announced:
+                print(f"\njob {job_id}: estimated {_duration(measured)} on its worker", file=sys.stderr)
+                announced = True
             metrics = (job.get("metrics") or {}).get("latest", {})
             if job["stage"]:
                 shown = {
@@ -115,6 +120,12 @@ def _wait(client: httpx.Client, job_id: str, interval: float) -> dict[str, Any]:
             time.sleep(interval)
     finally:
         bar.close()
+
+
+def _duration(seconds: float) -> str:
+    """``125.0`` -> ``"2 min 5 s"``."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
 def submit(args: argparse.Namespace) -> int:
@@ -132,7 +143,9 @@ def submit(args: argparse.Namespace) -> int:
             job = _request(
                 client, "POST", "/v1/jobs", files=files, data={"spec": json.dumps(spec)}, headers=headers
             ).json()
-        print(f"job {job['id']} {job['status']}", file=sys.stderr)
+        budget = job["spec"].get("budget_s")
+        within = f", to end within {_duration(budget)}" if budget is not None else ""
+        print(f"job {job['id']} {job['status']}{within}", file=sys.stderr)
         if not args.wait:
             print(job["id"])
             return 0

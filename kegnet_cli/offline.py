@@ -38,11 +38,17 @@ def summary_lines(report: Report) -> list[str]:
                 rows.append(
                     (f"CPU latency ({batch.replace('_', ' ')})", f"{before:.3f} ms", f"{after:.3f} ms")
                 )
+            optimised = report.optimised.latency_ms if report.optimised is not None else None
+            for batch, after in (optimised.after if optimised is not None else {}).items():
+                before = optimised.before.get(batch, float("nan")) if optimised is not None else float("nan")
+                rows.append((f"optimised ({batch.replace('_', ' ')})", f"{before:.3f} ms", f"{after:.3f} ms"))
         lines.append(f"{'':<26}{'before':>16}{'after':>16}")
         lines += [f"{name:<26}{before:>16}{after:>16}" for name, before, after in rows]
         lines.append(
             f"compression ratio: {report.compression_ratio:.2f}x   ranks: {json.dumps(report.ranks)}"
         )
+        if report.latency_note:
+            lines.append(f"note: {report.latency_note}")
         if report.agreement is not None:
             agreement = report.agreement
             student, tucker = agreement.student_vs_teacher * 100, agreement.tucker_only_vs_teacher * 100
@@ -67,7 +73,16 @@ def summary_lines(report: Report) -> list[str]:
             lines.append(f"estimated accuracy loss: {shown}")
     else:
         lines.append(f"generators: {', '.join(report.artifacts.generators)}")
-    lines.append(f"wall time: {report.timings_s.get('total', 0.0):.1f} s")
+    wall = f"wall time: {report.timings_s.get('total', 0.0):.1f} s"
+    if report.budget is not None:
+        budget = report.budget
+        wall += (
+            f" of a {budget['budget_s']:.0f} s budget (estimated {budget['estimated_s']:.0f} s; "
+            f"the recipe's steps x{budget['scale']:.2f}"
+            + (", synthesis at the most a budget gives it" if budget["capped"] else "")
+            + ")"
+        )
+    lines.append(wall)
     return lines
 
 

@@ -11,6 +11,7 @@ import argparse
 import json
 from typing import Any
 
+from kegnet_core.budget import parse_duration
 from kegnet_core.spec import PresetName, Prior, Quantize
 
 
@@ -25,6 +26,14 @@ def parse_shape(text: str) -> list[int]:
     if len(shape) not in (1, 3) or any(size <= 0 for size in shape):
         raise argparse.ArgumentTypeError(f"input shape must be C,H,W or D with positive sizes, got {text!r}")
     return shape
+
+
+def parse_budget(text: str) -> float:
+    """``"15m"`` -> 900.0 (see :func:`kegnet_core.budget.parse_duration`)."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--budget: {exc}") from None
 
 
 def parse_ranks(text: str) -> str | float | dict[str, list[int]]:
@@ -89,6 +98,12 @@ def add_spec_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECTION.SETTING=VALUE",
         help="override one recipe setting, e.g. --set distill.steps=500 (repeatable)",
     )
+    parser.add_argument(
+        "--budget",
+        type=parse_budget,
+        help="the whole job's time on its device, e.g. 90s, 15m, 1h30m: the recipe's steps are "
+        "scaled to end within it (default: the preset as it is)",
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -105,6 +120,7 @@ def spec_from_args(args: argparse.Namespace, task: str = "compress") -> dict[str
         "task": task,
         "quantize": getattr(args, "quantize", Quantize.NONE.value),
         "overrides": parse_overrides(getattr(args, "overrides", None) or []),
+        "budget_s": getattr(args, "budget", None),
     }
 
 

@@ -193,6 +193,9 @@ class TuckerConfig:
 
     iterations: int = 100
     activation_samples: int = 0
+    # With activation samples and ranks searched for a ratio: ranks chosen again from the
+    # activation spectra those samples show, one energy level for all layers.
+    activation_ranks: bool = False
 
     def __post_init__(self) -> None:
         _check_positive(self, "iterations")
@@ -284,7 +287,8 @@ DEFAULT = Recipe(
     name="default",
     description="Our recipe: for a teacher with BatchNorm, 1,024 inputs synthesised against it (its class "
     "evidence and BatchNorm statistics, 300 Adam steps), the Tucker factors fitted to them, and 256 more "
-    "held out as probes for the quality estimate; without BatchNorm, procedural images (or Gaussian "
+    "held out as probes for the quality estimate, and the Tucker ranks and factors chosen from what those "
+    "inputs show in each layer; without BatchNorm, procedural images (or Gaussian "
     "vectors); the student distilled for 1,500 steps of 128 (KL, Adam 1e-3, cosine); big teachers get "
     "fewer steps within a fixed amount of work.",
     extraction=ExtractionConfig(
@@ -312,9 +316,9 @@ DEFAULT = Recipe(
     distill=_DEFAULT_DISTILL,
     # The baselines (uniform, Gaussian, strokes, procedural) learn the same way.
     baseline_distill=_DEFAULT_DISTILL,
-    # Factors chosen for the output error on 512 of the synthesised inputs
-    # (docs/design.md, the default recipe, item 3).
-    tucker=TuckerConfig(activation_samples=512),
+    # Factors chosen for the output error on 512 of the synthesised inputs, and the ranks
+    # from the energy those inputs show in each layer (docs/design.md, the default recipe, item 3).
+    tucker=TuckerConfig(activation_samples=512, activation_ranks=True),
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ class DistillResult:
     best_divergence: float = math.inf
     best_agreement: float = 0.0
     resumed_from: int = 0  # the step a checkpoint resumed this run at (0: from the start)
+    stopped_at_deadline: int = 0  # the step a time budget's deadline stopped the run at (0: none)
 
 
 @torch.no_grad()
@@ -139,6 +141,16 @@ def cache_teacher(
     return TeacherCache(torch.cat(logits), {name: torch.cat(parts) for name, parts in features.items()})
 
 
+def _set_cosine_rate(optimizer: torch.optim.Optimizer, config: DistillConfig, fraction: float) -> None:
+    """The learning rate ``fraction`` of the way along the run's cosine (constant without
+    ``final_learning_rate``)."""
+    if config.final_learning_rate is None:
+        return
+    low, high = config.final_learning_rate, config.learning_rate
+    for group in optimizer.param_groups:
+        group["lr"] = low + (high - low) * (1 + math.cos(math.pi * fraction)) / 2
+
+
 def distill_student(
     student: nn.Module,
     teacher: nn.Module,
@@ -150,6 +162,7 @@ def distill_student(
     progress: ProgressCallback = ignore_progress,
     resume: dict[str, Any] | None = None,
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    deadline: float | None = None,
 ) -> DistillResult:
     """Train ``student`` in place; on return it holds its best weights.
 
@@ -158,6 +171,11 @@ def distill_student(
     ``on_checkpoint`` gets the whole state of the run; given back as
     ``resume`` (with ``rng`` fresh from the same seed), the run goes on from
     there exactly as it would have.
+
+    With a ``deadline`` (a ``time.perf_counter()`` value: a time budget's), the run is timed:
+    its learning rate follows the cosine over the time left rather than over the steps, it
+    checks the student once more and stops at the deadline, and ``config.steps`` is only the
+    most it may take; progress totals are extrapolated from the time used.
     """
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
@@ -168,11 +186,12 @@ def distill_student(
             trainable.append(parameter)
     optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
     # Cosine decay to ``final_learning_rate`` over the run (None: a constant rate).
+    timed = deadline is not None
     schedule = (
         torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(config.steps - 1, 1), eta_min=config.final_learning_rate
         )
-        if config.final_learning_rate is not None
+        if config.final_learning_rate is not None and not timed
         else None
     )
 
@@ -215,7 +234,11 @@ def distill_student(
         result.best_agreement = float(resume["best_agreement"])
         checks_without_gain = int(resume["checks_without_gain"])
         order = resume["order"]
+    began = time.perf_counter()
     for step in range(start, config.steps):
+        if deadline is not None:
+            used = (time.perf_counter() - began) / max(deadline - began, 1e-9)
+            _set_cosine_rate(optimizer, config, min(used, 1.0))
         rate = optimizer.param_groups[0]["lr"]
         if pool is not None and pool_logits is not None:
             position = (step * config.batch_size) % len(pool)
@@ -242,7 +265,12 @@ def distill_student(
             schedule.step()
         running += float(loss.detach())
         done = step + 1
-        if done % config.eval_every == 0 or done == config.steps:
+        now = time.perf_counter()
+        out_of_time = deadline is not None and now > deadline
+        total = config.steps
+        if deadline is not None:  # the steps the time left allows at the pace so far
+            total = min(config.steps, max(done, round(done * (deadline - began) / max(now - began, 1e-9))))
+        if done % config.eval_every == 0 or done == config.steps or out_of_time:
             count = (step % config.eval_every) + 1
             held_out_kl = divergence(student, held_out, held_out_logits)
             record = {
@@ -278,7 +306,10 @@ def distill_student(
                         "order": order,
                     }
                 )
-            progress(ProgressEvent("distilling", done, config.steps, dict(record)))
+            progress(ProgressEvent("distilling", done, total, dict(record)))
+            if out_of_time:
+                result.stopped_at_deadline = done
+                break
             if (
                 config.patience_evals is not None
                 and done >= config.min_steps
@@ -286,7 +317,7 @@ def distill_student(
             ):
                 break
         else:
-            progress(ProgressEvent("distilling", done, config.steps, {}))
+            progress(ProgressEvent("distilling", done, total, {}))
     student_taps.close()
     teacher_taps.close()
     student.load_state_dict(best_state)

@@ -76,3 +76,23 @@ def save_generator(generator: nn.Module, path: str | Path, n_classes: int, noise
     module = GeneratorModule(copy.deepcopy(generator).cpu().eval(), n_classes, noise_dim).eval()
     atomic_save(_script(module), path)
     return path
+
+
+def optimised_for_inference(saved: Path, input_shape: Sequence[int]) -> tuple[torch.jit.ScriptModule, float]:
+    """The TorchScript at ``saved`` as ``torch.jit.optimize_for_inference`` makes it at load time
+    (frozen, BatchNorm folded into the convolutions, oneDNN layouts), and the largest output
+    difference from the file as saved.
+
+    That form cannot be saved (its oneDNN constants do not serialise), so the report measures it
+    and says how to get it; it has no parameters left (docs/benchmarks.md, "Student latency")."""
+    reference = torch.jit.load(str(saved), map_location="cpu").eval()
+    try:
+        optimised = torch.jit.optimize_for_inference(torch.jit.load(str(saved), map_location="cpu").eval())
+        difference = 0.0
+        with torch.no_grad():
+            for batch in (1, 5, 64):
+                x = torch.randn(batch, *input_shape)
+                difference = max(difference, float((optimised(x) - reference(x)).abs().max()))
+    except Exception as exc:
+        raise UnsupportedModelError(f"the model could not be optimised for inference: {exc}") from exc
+    return optimised, difference

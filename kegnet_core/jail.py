@@ -236,6 +236,7 @@ def _event(message: dict[str, Any]) -> ProgressEvent:
         metrics={key: float(value) for key, value in (message.get("metrics") or {}).items()},
         detail=str(message.get("detail", "")),
         preview=base64.b64decode(preview) if preview else None,
+        estimate_s=float(message["estimate_s"]) if message.get("estimate_s") is not None else None,
     )
 
 
@@ -402,6 +403,8 @@ class _Pipe:
         }
         if event.preview is not None:
             data["preview"] = base64.b64encode(event.preview).decode()
+        if event.estimate_s is not None:
+            data["estimate_s"] = event.estimate_s
         self.send({"event": data})
 
 

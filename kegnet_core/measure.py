@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,5 +39,54 @@ def cpu_latency_ms(
     for _ in range(repeats):
         start = time.perf_counter()
         model(x)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def layer_latency_ms(
+    teacher: nn.Module,
+    student: nn.Module,
+    names: Sequence[str],
+    input_shape: Sequence[int],
+    *,
+    batch_size: int = 64,
+    repeats: int = 10,
+) -> dict[str, tuple[float, float]]:
+    """Each named layer's CPU time in milliseconds, in the teacher and in the student (median
+    of ``repeats`` after warm-up), on the input the teacher feeds that layer at ``batch_size``."""
+    device = next(iter(teacher.parameters())).device
+    inputs: dict[str, torch.Tensor] = {}
+
+    def recorder(name: str) -> Any:
+        def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            inputs.setdefault(name, args[0].detach().cpu())
+
+        return record
+
+    hooks = [teacher.get_submodule(name).register_forward_pre_hook(recorder(name)) for name in names]
+    try:
+        teacher(torch.randn(batch_size, *input_shape, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    timed = {}
+    for name in names:
+        x = inputs[name]
+        before, after = (
+            _median_ms(copy.deepcopy(model.get_submodule(name)).cpu().eval(), x, repeats)
+            for model in (teacher, student)
+        )
+        timed[name] = (round(before, 4), round(after, 4))
+    return timed
+
+
+def _median_ms(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
+    for _ in range(3):
+        module(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        module(x)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)

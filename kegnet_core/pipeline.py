@@ -20,6 +20,7 @@ import torch
 
 from kegnet_core import artifacts as files
 from kegnet_core import stages
+from kegnet_core.budget import BudgetPlan, StepCosts, distill_steps_for, plan_budget, scale_distillation
 from kegnet_core.checkpoint import Checkpoints
 from kegnet_core.config import Recipe
 from kegnet_core.errors import UnsupportedModelError
@@ -59,6 +60,16 @@ class _Clock:
 
 
 @dataclass(frozen=True)
+class _Budget:
+    """A time budget's plan, its measured step costs, and when the job must end
+    (``time.perf_counter()``)."""
+
+    plan: BudgetPlan
+    costs: StepCosts
+    ends_at: float
+
+
+@dataclass(frozen=True)
 class _Run:
     """What every part of one run reads: its spec and recipe, where it writes, how it reports."""
 
@@ -73,6 +84,7 @@ class _Run:
     previews: bool
     measure_latency: bool
     checkpoints: Checkpoints | None
+    budget: _Budget | None = None
 
 
 def _new_report(spec: CompressionSpec, recipe: Recipe, device: torch.device, model_path: Path) -> Report:
@@ -134,6 +146,14 @@ def run(
     if spec.task is not Task.EXTRACT:
         report.prior = validated.prior.value
 
+    budget = None
+    if spec.budget_s is not None:
+        warm_up = time.perf_counter()
+        budget = _plan_budget(validated, spec, recipe, torch_device, started, progress)
+        recipe = budget.plan.recipe
+        report.budget = budget.plan.to_report(budget.costs)
+        report.budget["warm_up_s"] = round(time.perf_counter() - warm_up, 2)
+        report.recipe = asdict(recipe)
     context = _Run(
         spec,
         recipe,
@@ -146,6 +166,7 @@ def run(
         previews,
         measure_latency,
         saved,
+        budget,
     )
     if spec.task is Task.EXTRACT:
         _extract_pipeline(validated, context)
@@ -159,6 +180,32 @@ def run(
     return report
 
 
+def _plan_budget(
+    validated: stages.Validated,
+    spec: CompressionSpec,
+    recipe: Recipe,
+    device: torch.device,
+    started: float,
+    progress: ProgressCallback,
+) -> _Budget:
+    """Time a few steps of each kind the job runs, scale the recipe to ``spec.budget_s``, and
+    tell the caller the estimated duration."""
+    assert spec.budget_s is not None
+    work = stages.budgeted_work(validated, spec, recipe)
+    costs = stages.step_costs(validated, spec, recipe, work, device=device)
+    plan = plan_budget(
+        recipe,
+        stages.prior_distill_config(validated, recipe),
+        work,
+        costs,
+        budget_s=spec.budget_s,
+        elapsed_s=time.perf_counter() - started,
+    )
+    detail = f"estimated {plan.estimated_s:.0f} s of a {spec.budget_s:.0f} s budget"
+    progress(ProgressEvent(Stage.VALIDATING.value, 1, 1, detail=detail, estimate_s=plan.estimated_s))
+    return _Budget(plan=plan, costs=costs, ends_at=started + spec.budget_s)
+
+
 def _extracting(validated: stages.Validated, run: _Run) -> stages.Extracted:
     """The extracting stage, timed, its history into the report."""
     with run.clock.stage(Stage.EXTRACTING):
@@ -170,6 +217,9 @@ def _extracting(validated: stages.Validated, run: _Run) -> stages.Extracted:
             progress=run.progress,
             previews=run.previews,
             checkpoints=run.checkpoints,
+            inputs_deadline=run.budget.ends_at - run.budget.plan.after_inputs_s
+            if run.budget is not None
+            else None,
         )
     run.report.history.update(extracted.history)
     return extracted
@@ -247,6 +297,14 @@ def _compress_pipeline(validated: stages.Validated, run: _Run) -> None:
         with run.clock.stage(Stage.DISTILLING):
             if run.previews and grid is not None:  # what the student will learn from, for the live view
                 run.progress(ProgressEvent(Stage.DISTILLING.value, 0, 1, preview=png_bytes(grid)))
+            config, deadline = None, None
+            if run.budget is not None:  # timed: it runs until the export's share of the budget
+                costs, planned = run.budget.costs, run.budget.plan.distill
+                deadline = run.budget.ends_at - costs.fixed_s
+                expected = distill_steps_for(deadline - time.perf_counter(), planned, costs)
+                # Steps are only a ceiling here (the deadline ends the run): far above the plan.
+                config = scale_distillation(planned, 10 * expected)
+                report.budget = {**(report.budget or {}), "distill_steps_expected": expected}
             result = stages.distill(
                 student,
                 validated,
@@ -256,11 +314,20 @@ def _compress_pipeline(validated: stages.Validated, run: _Run) -> None:
                 device=device,
                 progress=run.progress,
                 checkpoints=run.checkpoints,
+                config=config,
+                deadline=deadline,
             )
         if result is not None:
             report.history["distillation"] = result.history
             if result.resumed_from:
                 report.history["resumed_distillation_at"] = result.resumed_from
+            if result.stopped_at_deadline:
+                report.history["stopped_at_deadline"] = result.stopped_at_deadline
+            if run.budget is not None:
+                report.budget = {
+                    **(report.budget or {}),
+                    "distill_steps": result.history[-1]["step"] if result.history else 0,
+                }
     with run.clock.stage(Stage.EXPORTING):
         exported = stages.export_student(
             student, run.model_path, validated, run.layout, measure_latency=run.measure_latency
@@ -292,6 +359,8 @@ def _compress_pipeline(validated: stages.Validated, run: _Run) -> None:
     report.macs_before = validated.macs
     report.macs_after = exported.macs_after
     report.latency_ms = exported.latency
+    report.optimised = exported.optimised
+    report.latency_note = exported.latency_note
 
 
 def _probe(

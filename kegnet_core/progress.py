@@ -21,6 +21,8 @@ class ProgressEvent:
 
     ``preview`` is a PNG of what the generator draws now (one row per class),
     sent at the end of each extraction epoch when the caller asks for previews.
+    ``estimate_s`` is a time budget's estimate of the whole job's duration, sent once after
+    its warm-up.
     """
 
     stage: str
@@ -29,6 +31,7 @@ class ProgressEvent:
     metrics: Mapping[str, float] = field(default_factory=dict)
     detail: str = ""
     preview: bytes | None = None
+    estimate_s: float | None = None
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

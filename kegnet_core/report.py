@@ -26,6 +26,9 @@ class LayerReport(_Model):
     ranks: list[int]  # [out_rank, in_rank]
     params_before: int
     params_after: int
+    latency_ms: list[float] | None = Field(
+        None, description="[dense, factorised] CPU time of this layer alone at batch 64, on its own input"
+    )
 
 
 class Agreement(_Model):
@@ -82,6 +85,17 @@ class OnnxExport(_Model):
     error: str | None = None
 
 
+class Optimised(_Model):
+    """CPU latency of teacher and student loaded with ``torch.jit.optimize_for_inference`` (frozen,
+    BatchNorm folded, oneDNN layouts): a form made at load time, not a file; or why there is none."""
+
+    latency_ms: Latency | None = None
+    max_abs_difference: float | None = Field(
+        None, description="largest difference of the optimised student from the saved one (random inputs)"
+    )
+    error: str | None = None
+
+
 class Artifacts(_Model):
     """File names of what the run wrote (see :mod:`kegnet_core.artifacts`)."""
 
@@ -126,6 +140,15 @@ class Report(_Model):
     int8: Int8Student | None = None
     int8_error: str | None = Field(None, description="why quantize: int8 gave no int8 student")
     onnx: OnnxExport | None = None
+    optimised: Optimised | None = None
+    latency_note: str | None = Field(
+        None, description="where the student is slower than its teacher on the CPU, what to use instead"
+    )
+    budget: dict[str, Any] | None = Field(
+        None,
+        description="with budget_s: the measured seconds per step, the scale applied to the recipe's "
+        "steps, the seconds planned per stage and the estimated total",
+    )
 
     @field_serializer("history")
     def _finite_history(self, history: dict[str, Any]) -> Any:

@@ -48,6 +48,10 @@ class Prior(StrEnum):
     NONE = "none"
 
 
+MIN_BUDGET_S = 10.0
+MAX_BUDGET_S = 7 * 24 * 3600.0
+
+
 class PresetName(StrEnum):
     QUICK = "quick"
     DEFAULT = "default"
@@ -85,6 +89,7 @@ def _no_bool(value: Any) -> Any:
 
 
 Fraction = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=1)]
+Seconds = Annotated[float, BeforeValidator(_no_bool), Field(ge=MIN_BUDGET_S, le=MAX_BUDGET_S)]
 RankPair = tuple[Annotated[StrictInt, Field(gt=0)], Annotated[StrictInt, Field(gt=0)]]
 OverrideValue = StrictInt | float | bool | None | list[StrictInt]
 
@@ -105,7 +110,8 @@ class CompressionSpec(BaseModel):
     )
     ranks: Literal["auto", "evbmf"] | Fraction | dict[str, RankPair] = Field(
         "auto",
-        description="'auto' (the whole model 2x smaller, ranks spread by weight energy), 'evbmf' "
+        description="'auto' (the whole model 2x smaller, ranks spread by weight energy, or in the default "
+        "preset by the energy inputs synthesised against its BatchNorm show in each layer), 'evbmf' "
         "(Bayesian rank selection on the weights alone), a keep fraction in (0, 1], or "
         "{layer: [out_rank, in_rank]}",
     )
@@ -131,6 +137,12 @@ class CompressionSpec(BaseModel):
         Quantize.NONE,
         description="int8: also an int8 student (static post-training quantisation, calibrated on the "
         "run's generated samples), served as model_int8",
+    )
+    budget_s: Seconds | None = Field(
+        None,
+        description="seconds the whole job may take on its device: the recipe's steps are scaled to "
+        "end within it, from a short measured warm-up; null runs the preset as it is",
+        examples=[900],
     )
     overrides: dict[str, OverrideValue] = Field(
         default_factory=dict,

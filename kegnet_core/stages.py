@@ -11,7 +11,11 @@ and ``extract`` pipelines, and times them.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import itertools
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,16 +24,17 @@ import torch
 from torch import fx, nn
 
 from kegnet_core import artifacts as files
+from kegnet_core.budget import StepCosts, Work
 from kegnet_core.checkpoint import DISTILLATION, EXTRACTION, Checkpoints, generator_state, restore_generator
-from kegnet_core.config import Recipe, fit_distillation, fit_synthesis
+from kegnet_core.config import DistillConfig, Recipe, fit_distillation, fit_synthesis
 from kegnet_core.distill import DistillResult, agreement, distill_student, teacher_logits
 from kegnet_core.errors import ModelRunError, SpecError, UnsupportedModelError
-from kegnet_core.export import save_generator, save_student
+from kegnet_core.export import optimised_for_inference, save_generator, save_student
 from kegnet_core.extraction import TrainedGenerator, extract_generators
 from kegnet_core.images import class_grid, latent_walk, sample_grid, save_png
 from kegnet_core.inspection import batch_norm_stats
 from kegnet_core.loading import load_classifier
-from kegnet_core.measure import count_macs, cpu_latency_ms, parameter_count
+from kegnet_core.measure import count_macs, cpu_latency_ms, layer_latency_ms, parameter_count
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
 from kegnet_core.quality import Probe, assess
 from kegnet_core.quantize import (
@@ -40,10 +45,11 @@ from kegnet_core.quantize import (
     quantize_int8,
     save_int8,
 )
-from kegnet_core.report import Artifacts, Int8Student, Latency, LayerReport, OnnxExport
+from kegnet_core.report import Artifacts, Int8Student, Latency, LayerReport, OnnxExport, Optimised
 from kegnet_core.sampling import seeded_init
 from kegnet_core.sandbox import SandboxLimits, check_model_in_sandbox
 from kegnet_core.sources import (
+    PoolSource,
     SourceContext,
     build_source,
     needs_generators,
@@ -52,7 +58,14 @@ from kegnet_core.sources import (
 )
 from kegnet_core.spec import CompressionSpec, Prior, Task
 from kegnet_core.synthesis import synthesise
-from kegnet_core.tucker import CompressionPlan, apply_plan, layer_moments, plan_compression
+from kegnet_core.tucker import (
+    AUTO_RATIO,
+    CompressionPlan,
+    apply_plan,
+    layer_moments,
+    plan_compression,
+    plan_on_activations,
+)
 
 
 @dataclass
@@ -66,6 +79,7 @@ class Validated:
     macs: int
     prior: Prior  # the spec's prior, ``auto`` resolved against what the teacher shows
     plan: CompressionPlan | None = None
+    plan_ratio: float | None = None  # the ratio the plan's ranks were searched for (None: fixed ranks)
 
     def facts(self) -> dict[str, int]:
         return {"batch_norm_layers": self.batch_norms, "macs": self.macs, "classes": self.n_classes}
@@ -164,6 +178,8 @@ def validate(
         if not plan.layers:
             raise SpecError("no layer would get smaller; name layers or lower the ranks", field="layers")
         validated.plan = plan
+        if spec.target_ratio is not None or spec.ranks == "auto":
+            validated.plan_ratio = spec.target_ratio or AUTO_RATIO
     return validated
 
 
@@ -176,8 +192,12 @@ def extract(
     progress: ProgressCallback = ignore_progress,
     previews: bool = False,
     checkpoints: Checkpoints | None = None,
+    inputs_deadline: float | None = None,
 ) -> Extracted:
     """Synthesise inputs and probes and train generators, as :func:`extraction_work` decides.
+
+    With ``inputs_deadline`` (a time budget's ``time.perf_counter()`` value), the training inputs
+    stop at the last batch that ends before it; probes and generators are made in full.
 
     Extract jobs train generators without snapshots (those only feed
     distillation).  Synthesis is cut to its work limit for big teachers.
@@ -201,7 +221,9 @@ def extract(
     if saved:
         extracted.history["resumed"] = True
 
-    def synthesised(part: str, inputs: int, seed: int, offset: int, detail: str) -> torch.Tensor:
+    def synthesised(
+        part: str, inputs: int, seed: int, offset: int, detail: str, deadline: float | None = None
+    ) -> torch.Tensor:
         rng = torch.Generator(device).manual_seed(seed)
         before = saved.get(part, {})
         if before:
@@ -222,13 +244,14 @@ def extract(
             detail=detail,
             finished=[batch.to(device) for batch in before.get("batches", [])],
             on_batch=keep,
+            deadline=deadline,
         )
 
     if train_inputs:
         extracted.synthesised = synthesised(
-            "synthesis", train_inputs, spec.seed + 31337, 0, "synthesising inputs"
+            "synthesis", train_inputs, spec.seed + 31337, 0, "synthesising inputs", inputs_deadline
         )
-        extracted.history["synthesis"] = {"samples": train_inputs, "steps": per_batch}
+        extracted.history["synthesis"] = {"samples": len(extracted.synthesised), "steps": per_batch}
     if probe_inputs:
         extracted.probes = synthesised(
             "probes", probe_inputs, spec.seed + 271828, train_steps, "synthesising probes"
@@ -265,6 +288,137 @@ def extract(
     return extracted
 
 
+def budgeted_work(validated: Validated, spec: CompressionSpec, recipe: Recipe) -> Work:
+    """Which stages a time budget shares out for this job."""
+    work = extraction_work(validated, spec, recipe)
+    return Work(
+        synthesis=work.synthesis,
+        probes=work.probes,
+        generators=work.generators,
+        distillation=spec.task is Task.COMPRESS and validated.prior is not Prior.NONE,
+    )
+
+
+def prior_distill_config(validated: Validated, recipe: Recipe) -> DistillConfig:
+    """The distillation settings the job's prior learns with (the learned priors' or the
+    baselines'), before any work limit."""
+    return recipe.distill if validated.prior in (Prior.KEGNET, Prior.SYNTHESIS) else recipe.baseline_distill
+
+
+WARM_UP_STEPS = 4  # timed steps of each kind
+# A CPU runs the first second or so of heavy work slower (threads waking, the allocator
+# growing): steps are timed only after this much work of their kind, at most WARM_UP_MOST steps.
+WARM_UP_S = 1.5
+WARM_UP_MOST = 200
+
+
+def _step_gaps(run: Callable[[int, ProgressCallback], object], steps: int, stage: str) -> list[float]:
+    """Seconds between the step events of ``stage`` that ``run(steps, callback)`` sends."""
+    stamps: list[float] = []
+
+    def record(event: ProgressEvent) -> None:
+        if event.stage == stage:
+            stamps.append(time.perf_counter())
+
+    run(steps, record)
+    return [later - earlier for earlier, later in itertools.pairwise(stamps)]
+
+
+def _seconds_per_step(run: Callable[[int, ProgressCallback], object], stage: str) -> float:
+    """Median seconds per step of ``run(steps, callback)`` once warm: a short run first; where it
+    took under :data:`WARM_UP_S`, a longer one whose last steps are timed."""
+    first = _step_gaps(run, WARM_UP_STEPS + 1, stage)
+    if not first:
+        return 0.0
+    rough = statistics.median(first[1:] or first)
+    if sum(first) >= WARM_UP_S:
+        return rough
+    extra = min(WARM_UP_MOST, math.ceil((WARM_UP_S - sum(first)) / max(rough, 1e-5)))
+    gaps = _step_gaps(run, extra + WARM_UP_STEPS + 1, stage)
+    return statistics.median(gaps[-WARM_UP_STEPS:])
+
+
+def step_costs(
+    validated: Validated, spec: CompressionSpec, recipe: Recipe, work: Work, *, device: torch.device
+) -> StepCosts:
+    """A few real steps of each kind ``work`` holds, timed on ``device`` (a time budget's warm-up).
+
+    Each runs the same code as the job (a synthesis batch, a generator, a distillation on a
+    student factorised from the weights in one HOOI round), on its own random state: the
+    job's results do not change.  Distillation on a synthesised pool is timed on a pool of
+    noise of that size, with the teacher's answers cached as the job caches them."""
+    teacher, shape, classes = validated.teacher, validated.input_shape, validated.n_classes
+    costs = StepCosts()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(spec.seed)
+        with torch.no_grad():
+            probe = torch.randn(64, *shape, device=device)
+            passes = []
+            for _ in range(4):
+                start = time.perf_counter()
+                teacher(probe)
+                passes.append(time.perf_counter() - start)
+            costs = replace(costs, forward_s=min(passes[1:]))
+        if work.synthesis or work.probes:
+            config = replace(recipe.synthesis, samples=recipe.synthesis.batch_size)
+            rng = torch.Generator(device).manual_seed(spec.seed)
+            seconds = _seconds_per_step(
+                lambda steps, record: synthesise(
+                    teacher, shape, classes, replace(config, steps=steps), rng=rng, progress=record
+                ),
+                "extracting",
+            )
+            costs = replace(costs, synthesis_s=seconds)
+        if work.generators:
+            extraction = replace(recipe.extraction, generators=1, epochs=1, snapshot_every=0)
+            seconds = _seconds_per_step(
+                lambda steps, record: extract_generators(
+                    teacher,
+                    input_shape=shape,
+                    n_classes=classes,
+                    config=replace(extraction, batches_per_epoch=steps),
+                    seed=spec.seed,
+                    device=device,
+                    progress=record,
+                ),
+                "extracting",
+            )
+            costs = replace(costs, generator_s=seconds)
+        if work.distillation and validated.plan is not None:
+            costs = replace(costs, distill_s=_distill_step_s(validated, recipe, device=device))
+    return costs
+
+
+def _distill_step_s(validated: Validated, recipe: Recipe, *, device: torch.device) -> float:
+    assert validated.plan is not None
+    teacher = validated.teacher
+    config = prior_distill_config(validated, recipe)
+    config = replace(config, eval_samples=64, work_limit=None, pool_batches=None, patience_evals=None)
+    config = replace(config, min_steps=0, eval_every=WARM_UP_MOST * 2)
+    with seeded_init(0):
+        student = apply_plan(teacher, validated.plan, n_iter_max=1, seed=0)
+    rng = torch.Generator(device).manual_seed(0)
+    source: Any
+    if needs_synthesis(validated.prior):
+        source = PoolSource(torch.randn(1024, *validated.input_shape, device=device), "timing")
+    else:
+        prior = Prior.GAUSSIAN if validated.prior is Prior.KEGNET else validated.prior
+        source = build_source(prior, source_context(validated, Extracted(), recipe))
+    matched = [layer.name for layer in validated.plan.layers] if needs_synthesis(validated.prior) else []
+    return _seconds_per_step(
+        lambda steps, record: distill_student(
+            student,
+            teacher,
+            source,
+            replace(config, steps=steps),
+            rng=rng,
+            matched_layers=matched,
+            progress=record,
+        ),
+        "distilling",
+    )
+
+
 def compress(validated: Validated, extracted: Extracted, recipe: Recipe, seed: int) -> nn.Module:
     """The teacher with each planned layer swapped for its Tucker-2 twin (a new module).
 
@@ -279,6 +433,10 @@ def compress(validated: Validated, extracted: Extracted, recipe: Recipe, seed: i
     if config.activation_samples and needs_synthesis(validated.prior) and pool is not None:
         layers = [layer.name for layer in validated.plan.layers]
         moments = layer_moments(validated.teacher, layers, pool[: config.activation_samples])
+        if config.activation_ranks and validated.plan_ratio is not None:
+            validated.plan = plan_on_activations(
+                validated.teacher, validated.plan, moments, validated.plan_ratio
+            )
     with seeded_init(seed):
         return apply_plan(
             validated.teacher, validated.plan, n_iter_max=config.iterations, seed=seed, moments=moments
@@ -307,6 +465,8 @@ def distill(
     device: torch.device,
     progress: ProgressCallback = ignore_progress,
     checkpoints: Checkpoints | None = None,
+    config: DistillConfig | None = None,
+    deadline: float | None = None,
 ) -> DistillResult | None:
     """Fine-tune ``student`` in place on the prior's samples; nothing for ``Prior.NONE``.
 
@@ -315,13 +475,15 @@ def distill(
     look like the real ones inside the teacher, matching each layer spends the student's few
     directions on what real inputs never excite (docs/design.md, the default recipe, item 4).
     With ``checkpoints``, the run's state is saved at every check, and a run
-    that finds it there goes on from it."""
+    that finds it there goes on from it.  A time budget passes its own ``config`` (steps fitted to
+    the time left) and the ``deadline`` the run stops at; otherwise the prior's settings are cut to
+    their work limit."""
     prior = validated.prior
     if prior is Prior.NONE:
         return None
     assert validated.plan is not None
-    learned = prior in (Prior.KEGNET, Prior.SYNTHESIS)
-    config = fit_distillation(recipe.distill if learned else recipe.baseline_distill, validated.macs)
+    if config is None:
+        config = fit_distillation(prior_distill_config(validated, recipe), validated.macs)
     source = build_source(prior, source_context(validated, extracted, recipe), trajectory=True)
     rng = torch.Generator(device).manual_seed(spec.seed + 7919)
     return distill_student(
@@ -336,6 +498,7 @@ def distill(
         on_checkpoint=(lambda state: checkpoints.save(DISTILLATION, state))
         if checkpoints is not None
         else None,
+        deadline=deadline,
     )
 
 
@@ -396,10 +559,23 @@ def drawable_prior(validated: Validated, extracted: Extracted) -> Prior:
     return prior
 
 
+def optimised_latency(model_path: Path, student_path: Path, input_shape: Sequence[int]) -> Optimised:
+    """Teacher and student as ``torch.jit.optimize_for_inference`` makes them at load time, timed
+    on the CPU at batch 1 and 64; a line instead where either cannot be optimised."""
+    try:
+        teacher, _ = optimised_for_inference(model_path, input_shape)
+        student, difference = optimised_for_inference(student_path, input_shape)
+    except UnsupportedModelError as exc:
+        return Optimised(error=exc.message)
+    return Optimised(
+        latency_ms=Latency(before=_latency(teacher, input_shape), after=_latency(student, input_shape)),
+        max_abs_difference=float(f"{difference:.3g}"),
+    )
+
+
 def teacher_latency(model_path: Path, input_shape: Sequence[int]) -> dict[str, float]:
     """The uploaded TorchScript's CPU latency at batch 1 and 64, in ms."""
-    teacher_script = torch.jit.load(str(model_path), map_location="cpu").eval()
-    return {f"batch_{b}": round(cpu_latency_ms(teacher_script, input_shape, b), 4) for b in (1, 64)}
+    return _latency(torch.jit.load(str(model_path), map_location="cpu").eval(), input_shape)
 
 
 @dataclass
@@ -410,6 +586,50 @@ class Exported:
     macs_after: int
     layers: list[LayerReport]
     latency: Latency | None
+    optimised: Optimised | None = None
+    latency_note: str | None = None
+
+
+def _latency(model: torch.jit.ScriptModule, input_shape: Sequence[int]) -> dict[str, float]:
+    return {f"batch_{b}": round(cpu_latency_ms(model, input_shape, b), 4) for b in (1, 64)}
+
+
+LOAD_OPTIMISED = "torch.jit.optimize_for_inference(torch.jit.load(path))"
+
+
+def latency_note(
+    latency: Latency, optimised: Optimised | None, layers: Sequence[LayerReport] = ()
+) -> str | None:
+    """Where the student is slower than its teacher at batch 64, a line saying so, which
+    factorised layers are slower than the dense ones they replace, and what the optimised form
+    does instead; None where it is not."""
+    before, after = latency.before.get("batch_64"), latency.after.get("batch_64")
+    if before is None or after is None or after <= before:
+        return None
+    note = (
+        f"the student is {after / before:.2f}x slower than its teacher at batch 64 on this CPU "
+        f"({after:.1f} against {before:.1f} ms): each factorised layer runs as two or three smaller ones"
+    )
+    slower = [layer for layer in layers if layer.latency_ms and layer.latency_ms[1] > layer.latency_ms[0]]
+    if slower:
+        shown = ", ".join(
+            f"{layer.name} {layer.latency_ms[0]:.2f} -> {layer.latency_ms[1]:.2f} ms"
+            for layer in slower
+            if layer.latency_ms
+        )
+        note += f"; slower than the dense layer: {shown} (name the others in `layers` to keep these dense)"
+    if optimised is not None and optimised.latency_ms is not None:
+        fast = optimised.latency_ms.after.get("batch_64")
+        teacher = optimised.latency_ms.before.get("batch_64")
+        if fast is not None and teacher is not None:
+            note += (
+                f"; loaded with {LOAD_OPTIMISED} it takes {fast:.1f} ms "
+                f"(the teacher, loaded the same way, {teacher:.1f} ms)"
+            )
+            one, one_before = optimised.latency_ms.after.get("batch_1"), latency.after.get("batch_1")
+            if one is not None and one_before is not None and one > one_before:
+                note += f", but {one:.2f} ms against {one_before:.2f} ms for one input"
+    return note
 
 
 def export_student(
@@ -424,31 +644,38 @@ def export_student(
     assert validated.plan is not None
     path = layout.path(files.STUDENT.file)
     student_script = save_student(student, path, validated.input_shape)
-    latency = None
+    layers = [
+        LayerReport(
+            name=layer.name,
+            kind=layer.kind,
+            weight_shape=list(layer.weight_shape),
+            ranks=list(layer.ranks),
+            params_before=layer.params_before,
+            params_after=layer.params_after,
+        )
+        for layer in validated.plan.layers
+    ]
+    latency = optimised = note = None
     if measure_latency:
         latency = Latency(
             before=teacher_latency(model_path, validated.input_shape),
-            after={
-                f"batch_{b}": round(cpu_latency_ms(student_script, validated.input_shape, b), 4)
-                for b in (1, 64)
-            },
+            after=_latency(student_script, validated.input_shape),
         )
+        optimised = optimised_latency(model_path, path, validated.input_shape)
+        timed = layer_latency_ms(
+            validated.teacher, student, [layer.name for layer in layers], validated.input_shape
+        )
+        for layer in layers:
+            layer.latency_ms = list(timed[layer.name])
+        note = latency_note(latency, optimised, layers)
     return Exported(
         artifacts=Artifacts(student=path.name),
+        optimised=optimised,
+        latency_note=note,
         params_after=parameter_count(student),
         file_size_after=path.stat().st_size,
         macs_after=count_macs(student, validated.input_shape),
-        layers=[
-            LayerReport(
-                name=layer.name,
-                kind=layer.kind,
-                weight_shape=list(layer.weight_shape),
-                ranks=list(layer.ranks),
-                params_before=layer.params_before,
-                params_after=layer.params_after,
-            )
-            for layer in validated.plan.layers
-        ],
+        layers=layers,
         latency=latency,
     )
 

@@ -13,6 +13,7 @@ against its teacher's 99.44% (Gaussian inputs: 95.37%; docs/design.md).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -49,6 +50,7 @@ def synthesise(
     detail: str = "synthesising inputs",
     finished: Sequence[torch.Tensor] = (),
     on_batch: Callable[[list[torch.Tensor]], None] | None = None,
+    deadline: float | None = None,
 ) -> torch.Tensor:
     """``config.samples`` inputs optimised against ``teacher``: (samples, *input_shape).
 
@@ -56,7 +58,9 @@ def synthesise(
     batch's statistics are what BatchNorm matching compares).  Progress is
     reported per step under ``stage``.  ``finished`` are batches done before
     (resuming; ``rng`` must then be in the state it had after them), and
-    ``on_batch`` is told the finished batches after each one (checkpoints).
+    ``on_batch`` is told the finished batches after each one (checkpoints).  With a
+    ``deadline`` (``time.perf_counter()``; a time budget's), no batch is started that the last
+    one's pace says would end past it, so fewer inputs may come back (never none).
     """
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
@@ -69,9 +73,13 @@ def synthesise(
     ]
     total = len(batches) * config.steps
     pool = list(finished)
+    last_batch_s = 0.0
     for index, size in enumerate(batches):
         if index < len(pool):
             continue
+        began = time.perf_counter()
+        if deadline is not None and pool and began + last_batch_s > deadline:
+            break
         x = torch.randn(size, *input_shape, generator=rng, device=device).requires_grad_(True)
         target = balanced_classes(size, n_classes, rng)
         optimizer = torch.optim.Adam([x], lr=config.learning_rate)
@@ -94,6 +102,7 @@ def synthesise(
                 metrics["batch_norm_distance"] = float(statistics.detach())
             progress(ProgressEvent(stage, done, total, metrics, detail))
         pool.append(x.detach())
+        last_batch_s = time.perf_counter() - began
         if on_batch is not None:
             on_batch(pool)
     return torch.cat(pool) if pool else torch.empty(0, *input_shape, device=device)

@@ -523,6 +523,71 @@ def _plan_for_ratio(
     return best
 
 
+def activation_spectra(
+    weight: torch.Tensor, moments: LayerMoments
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The output energy along each output direction (eigenvalues of the output channels' second
+    moment) and through each input direction (squared singular values of the whitened input
+    unfolding, as in :func:`tucker2_on_activations`), largest first; None where unusable."""
+    w = weight.detach().to("cpu", torch.float64)
+    c_in, c_out = moments.inputs.double(), moments.outputs.double()
+    if not (torch.isfinite(c_in).all() and torch.isfinite(c_out).all()) or torch.trace(c_in) <= 0:
+        return None
+    values, vectors = torch.linalg.eigh(c_in)
+    root = vectors * values.clamp_min(values.max() * 1e-8).sqrt()
+    unfolded = w.transpose(0, 1).reshape(w.shape[1], -1)
+    through_inputs = torch.linalg.svdvals(unfolded.T @ root) ** 2
+    along_outputs = torch.linalg.eigvalsh(c_out).clamp_min(0).flip(0)
+    return along_outputs, through_inputs
+
+
+def _spectrum_rank(spectrum: torch.Tensor, energy: float, limit: int) -> int:
+    cumulative = torch.cumsum(spectrum, 0) / spectrum.sum().clamp_min(1e-300)
+    rank = int(torch.searchsorted(cumulative, torch.tensor(energy, dtype=torch.float64))) + 1
+    return max(1, min(rank, limit))
+
+
+def plan_on_activations(
+    model: nn.Module, plan: CompressionPlan, moments: Mapping[str, LayerMoments], target: float
+) -> CompressionPlan:
+    """``plan``'s layers with ranks chosen again from what the inputs ``moments`` saw: one energy
+    level of every layer's activation spectra (:func:`activation_spectra`) is searched so that
+    the model is at least ``target`` times smaller.  ``plan`` itself where a layer's moments are
+    missing or unusable, or no level reaches the target."""
+    chosen: dict[str, nn.Conv2d | nn.Linear] = {}
+    spectra = {}
+    for layer in plan.layers:
+        module = model.get_submodule(layer.name)
+        if layer.name not in moments or not isinstance(module, (nn.Conv2d, nn.Linear)):
+            return plan
+        found = activation_spectra(module.weight, moments[layer.name])
+        if found is None:
+            return plan
+        chosen[layer.name], spectra[layer.name] = module, found
+    total = plan.params_before
+
+    def plan_at(energy: float) -> CompressionPlan:
+        picked = {}
+        for name, module in chosen.items():
+            out_channels, in_channels = _weight_3d(module).shape[:2]
+            along, through = spectra[name]
+            picked[name] = (
+                _spectrum_rank(along, energy, out_channels),
+                _spectrum_rank(through, energy, in_channels),
+            )
+        return _make_plan(chosen, picked, total, keep_all=True)
+
+    low, high, best = 0.0, 1.0, None
+    for _ in range(30):
+        middle = (low + high) / 2
+        candidate = plan_at(middle)
+        if candidate.compression_ratio >= target:
+            low, best = middle, candidate
+        else:
+            high = middle
+    return best if best is not None else plan
+
+
 def apply_plan(
     model: nn.Module,
     plan: CompressionPlan,

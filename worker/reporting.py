@@ -58,6 +58,7 @@ class JobReporter:
         self.preview_interval_s = preview_interval_s
         self.last_preview = float("-inf")
         self.preview_version = 0
+        self.estimate_s: float | None = None
 
     def __call__(self, event: ProgressEvent) -> None:
         if self.cancelled.is_set():
@@ -81,7 +82,10 @@ class JobReporter:
             self.last_preview = now
             self.preview_version += 1
         stage_changed = event.stage != self.stage
-        if not (stage_changed or has_metrics or now - self.last_write >= self.interval_s):
+        new_estimate = event.estimate_s is not None
+        if new_estimate:
+            self.estimate_s = event.estimate_s
+        if not (stage_changed or has_metrics or new_estimate or now - self.last_write >= self.interval_s):
             return
         self.stage = event.stage
         self.last_write = now
@@ -93,6 +97,7 @@ class JobReporter:
             "total": event.total,
             "detail": event.detail,
             "preview_version": self.preview_version,
+            "estimate_s": self.estimate_s,
         }
         try:
             with session_scope(self.database_url) as session:

@@ -67,6 +67,11 @@ def test_the_spec_rules(signed_in: Page) -> None:
                 layers: spec.parseLayers("conv3, layers3.0.conv1"),
                 none: spec.parseLayers(" "),
                 ratio: spec.parseTargetRatio("4"),
+                budgets: ["15m", "1h30m", "90", "", "5s", "soon"].map(spec.parseBudget),
+                left: (await import("./static/js/job.js")).timeLeft(
+                    {started_at: "2026-01-01T00:00:00Z", metrics: {estimate_s: 300}, progress: 0.1},
+                    Date.parse("2026-01-01T00:01:00Z"),
+                ),
                 field: [spec.fieldOf("spec.ranks.conv3"), spec.fieldOf("model"), spec.fieldOf("spec")],
             };
         }"""
@@ -82,6 +87,9 @@ def test_the_spec_rules(signed_in: Page) -> None:
     assert results["layers"] == {"value": ["conv3", "layers3.0.conv1"]}
     assert results["none"] == {"value": None}
     assert results["ratio"] == {"value": 4}
+    assert results["budgets"][:4] == [{"value": 900}, {"value": 5400}, {"value": 90}, {"value": None}]
+    assert all("error" in result for result in results["budgets"][4:])
+    assert results["left"] == 240  # the worker's estimate, not the progress, once it has one
     assert results["field"] == ["ranks", "model", None]
 
 

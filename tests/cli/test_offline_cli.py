@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from kegnet_cli.options import parse_ranks, parse_shape
+from kegnet_cli.options import add_spec_options, parse_ranks, parse_shape, spec_from_args
+from kegnet_core.spec import parse_spec
 from tests.core.models import TinyCNN
 
 
@@ -55,6 +58,14 @@ def test_compress_writes_the_student_and_its_report(tiny_cnn: Path, tmp_path: Pa
     assert student(torch.randn(3, 1, 8, 8)).shape == (3, 3)
     assert "distilling" in result.stderr  # the progress bar
     assert (out / "student.onnx").exists() and "ONNX: student.onnx" in result.stdout
+    # Teacher and student as optimize_for_inference makes them at load time, timed beside.
+    optimised = report["optimised"]
+    assert (
+        set(optimised["latency_ms"]["after"])
+        == set(optimised["latency_ms"]["before"])
+        == {"batch_1", "batch_64"}
+    )
+    assert optimised["max_abs_difference"] < 1e-3 and "optimised (batch 64)" in result.stdout
 
 
 def test_quantize_writes_the_int8_model_under_the_name_given(tiny_cnn: Path, tmp_path: Path):
@@ -104,3 +115,14 @@ def test_option_parsing():
     assert parse_ranks("0.5") == 0.5
     assert parse_ranks("conv3=11:7,conv2=4:3") == {"conv3": [11, 7], "conv2": [4, 3]}
     assert parse_ranks('{"conv3": [11, 7]}') == {"conv3": [11, 7]}
+
+
+def test_budget_option_becomes_the_specs_seconds(capsys: pytest.CaptureFixture[str]):
+    parser = argparse.ArgumentParser()
+    add_spec_options(parser)
+    args = parser.parse_args(["--input-shape", "1,8,8", "--budget", "1h30m"])
+    assert parse_spec(spec_from_args(args)).budget_s == 5400
+    assert parse_spec(spec_from_args(parser.parse_args(["--input-shape", "64"]))).budget_s is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--input-shape", "64", "--budget", "soon"])
+    assert "--budget: a duration looks like 90s, 15m, 1h30m" in capsys.readouterr().err

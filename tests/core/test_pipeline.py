@@ -243,3 +243,26 @@ def test_a_callback_can_cancel(tiny_cnn, tmp_path):
 
     with pytest.raises(Cancelled):
         run(tiny_cnn, _spec(), tmp_path / "cancelled", progress=cancel_in_extraction)
+
+
+def test_default_ranks_are_chosen_again_from_the_synthesised_inputs(tiny_cnn, tmp_path, monkeypatch):
+    import kegnet_core.stages as stages
+
+    calls: list[tuple[dict, float]] = []
+    real = stages.plan_on_activations
+
+    def spy(model, plan, moments, target):
+        calls.append((moments, target))
+        return real(model, plan, moments, target)
+
+    monkeypatch.setattr(stages, "plan_on_activations", spy)
+    spec = _spec(overrides={"tucker.activation_ranks": True})
+    report = run(tiny_cnn, spec, tmp_path / "out", measure_latency=False)
+    ((moments, target),) = calls
+    assert target == 2.0 and sorted(moments) == sorted(report.ranks)
+    assert report.compression_ratio is not None and report.compression_ratio >= 2.0
+    # Fixed ranks are the user's: nothing is chosen again.
+    calls.clear()
+    fixed = _spec(ranks={"block.0": [4, 4]}, overrides={"tucker.activation_ranks": True})
+    assert run(tiny_cnn, fixed, tmp_path / "fixed", measure_latency=False).ranks == {"block.0": [4, 4]}
+    assert not calls

@@ -238,3 +238,22 @@ def test_auto_ranks_take_the_first_layer_when_the_others_cannot_halve_the_model(
     plan = plan_compression(wide_first)
     assert plan.compression_ratio >= 2.0
     assert "0" in plan.ranks and "4" not in plan.ranks
+
+
+def test_ranks_from_activations_follow_the_inputs_and_keep_the_ratio():
+    from kegnet_core.tucker import plan_on_activations
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(16, 32), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)
+    )
+    plan = plan_compression(model, layers=["1", "3"], target_ratio=1.3)
+    # Inputs in a 3-dimensional subspace: layer 1 sees only 3 input directions.
+    narrow = torch.randn(512, 3) @ torch.randn(3, 16)
+    moments = layer_moments(model, ["1", "3"], narrow)
+    replanned = plan_on_activations(model, plan, moments, 1.3)
+    assert replanned.compression_ratio >= 1.3
+    assert [layer.name for layer in replanned.layers] == ["1", "3"]
+    assert replanned.ranks["1"][1] <= 4 < plan.ranks["1"][1]  # 3 and numerical dust
+    # Missing moments: the plan stands.
+    assert plan_on_activations(model, plan, {"1": moments["1"]}, 1.3) is plan

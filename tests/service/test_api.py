@@ -81,6 +81,10 @@ def test_submit_queues_a_job(client, settings, tiny_model_bytes):
         ('{"input_shape": [1, 8, 8], "layers": []}', "spec.layers"),
         ('{"input_shape": [1, 8, 8], "preset": "huge"}', "spec.preset"),
         ('{"input_shape": [1, 8, 8], "seed": -1}', "spec.seed"),
+        ('{"input_shape": [1, 8, 8], "budget_s": 3}', "spec.budget_s"),
+        ('{"input_shape": [1, 8, 8], "budget_s": "15m"}', "spec.budget_s"),
+        # Over the service's job time limit (6 h by default): it would be killed before its end.
+        ('{"input_shape": [1, 8, 8], "budget_s": 36000}', "spec.budget_s"),
     ],
 )
 def test_bad_specs_are_422_naming_the_field(client, settings, tiny_model_bytes, spec, field):
@@ -178,6 +182,22 @@ def test_cancel_a_queued_job_then_409(client, settings, tiny_model_bytes):
     assert execute_job(job_id, settings) == "skipped"  # the queued message finds it cancelled
     again = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth())
     assert again.status_code == 409
+
+
+def test_a_budget_job_answers_with_its_estimate_then_the_workers(client, settings, tiny_model_bytes):
+    response = submit(client, tiny_model_bytes, '{"input_shape": [1, 8, 8], "budget_s": 20}')
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["estimated_duration_s"] == 20  # before any worker has measured: the budget itself
+    assert execute_job(job["id"], settings) == "succeeded"
+    job = client.get(f"/v1/jobs/{job['id']}", headers=auth()).json()
+    budget = job["report"]["budget"]
+    assert job["estimated_duration_s"] == job["metrics"]["estimate_s"]
+    assert job["estimated_duration_s"] == pytest.approx(budget["estimated_s"], abs=0.05)
+    assert budget["estimated_s"] <= 22  # over the budget only where the least work is
+    assert job["report"]["timings_s"]["total"] <= 20 * 1.15
+    plain = submit(client, tiny_model_bytes).json()
+    assert plain["estimated_duration_s"] is None
 
 
 def test_a_job_runs_and_its_artifacts_download(client, settings, tiny_model_bytes, tmp_path):

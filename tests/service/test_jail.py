@@ -228,3 +228,14 @@ def test_the_jailed_child_dies_with_its_worker(tmp_path: Path):
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+def test_events_cross_the_pipe_whole():
+    import io
+
+    from kegnet_core.jail import _event, _Pipe
+
+    sent = ProgressEvent("validating", 1, 1, {"loss": 0.5}, "estimated 42 s", preview=b"png", estimate_s=42.5)
+    stream = io.StringIO()
+    _Pipe(stream)(sent)
+    assert _event(json.loads(stream.getvalue())["event"]) == sent

@@ -84,3 +84,22 @@ def test_cancel_and_time_limit(settings, running_job):
     clock.now = 11.0
     with pytest.raises(TimeLimitError):
         reporter(ProgressEvent("distilling", 3, 10))
+
+
+def test_a_budgets_estimate_lands_on_the_row_at_once(settings, running_job):
+    clock = Clock()
+    reporter = JobReporter(
+        database_url=settings.resolved_database_url,
+        job_id=running_job,
+        task="compress",
+        time_limit_s=100,
+        interval_s=10.0,
+        clock=clock,
+    )
+    reporter(ProgressEvent("validating", 0, 1))
+    clock.now = 0.5  # well inside the throttle, and no metrics: written for the estimate
+    reporter(ProgressEvent("validating", 1, 1, estimate_s=42.5))
+    assert _job(settings, running_job).metrics["estimate_s"] == 42.5
+    clock.now = 20.0
+    reporter(ProgressEvent("extracting", 5, 10))
+    assert _job(settings, running_job).metrics["estimate_s"] == 42.5  # kept on later writes

@@ -46,6 +46,15 @@ export function eta(progress, startedAt, now = Date.now()) {
   return (elapsed * (1 - progress)) / progress;
 }
 
+/** Seconds left: from the worker's measured estimate of the whole job where it has one (a time
+ * budget's), else from the progress so far. */
+export function timeLeft(job, now = Date.now()) {
+  const started = parseTime(job.started_at);
+  const measured = job.metrics && job.metrics.estimate_s;
+  if (started && measured) return Math.max(0, measured - (now - started.getTime()) / 1000);
+  return eta(job.progress, job.started_at, now);
+}
+
 function stepper(job) {
   const stages = stagesOf(job);
   const current = job.status === "succeeded" ? stages.length : stages.indexOf(job.stage);
@@ -70,9 +79,10 @@ function statusLine(job) {
     case "queued":
       return job.cancel_requested ? "Cancelling…" : "Waiting for a worker…";
     case "running": {
-      const left = eta(job.progress, job.started_at);
+      const left = timeLeft(job);
       const parts = [pct, job.stage || "starting"];
       parts.push(left === null ? "estimating time left…" : `about ${duration(left)} left`);
+      if (job.spec && job.spec.budget_s) parts.push(`budget ${duration(job.spec.budget_s)}`);
       parts.push(`running for ${duration(elapsed)}`);
       if (job.cancel_requested) parts.push("cancelling…");
       return parts.join(" · ");
@@ -115,6 +125,17 @@ function int8Rows(report, lat) {
   ];
 }
 
+/** Teacher and student as torch.jit.optimize_for_inference makes them at load time. */
+function optimisedRows(report) {
+  const latency = (report.optimised || {}).latency_ms;
+  if (!latency) return [];
+  const ms = (side, batch) => (latency[side] || {})[`batch_${batch}`];
+  return [
+    ["Optimised at load, batch 1", ms("before", 1), ms("after", 1), (v) => `${number(v)} ms`, "faster", "slower"],
+    ["Optimised at load, batch 64", ms("before", 64), ms("after", 64), (v) => `${number(v)} ms`, "faster", "slower"],
+  ];
+}
+
 function beforeAfterTable(report) {
   const latency = report.latency_ms || {};
   const lat = (side, batch) => (latency[side] || {})[`batch_${batch}`];
@@ -124,6 +145,7 @@ function beforeAfterTable(report) {
     ["MACs per input", report.macs_before, report.macs_after, integer],
     ["CPU latency, batch 1", lat("before", 1), lat("after", 1), (v) => `${number(v)} ms`, "faster", "slower"],
     ["CPU latency, batch 64", lat("before", 64), lat("after", 64), (v) => `${number(v)} ms`, "faster", "slower"],
+    ...optimisedRows(report),
     ...int8Rows(report, lat),
   ].filter(([, before, after]) => before !== undefined && after !== undefined);
   return h(
@@ -162,6 +184,7 @@ function layersTable(layers) {
         h("th", { class: "num" }, "Params before"),
         h("th", { class: "num" }, "Params after"),
         h("th", { class: "num" }, "Change"),
+        h("th", { class: "num" }, "CPU, batch 64"),
       ),
     ),
     h(
@@ -176,6 +199,13 @@ function layersTable(layers) {
           h("td", { class: "num" }, integer(layer.params_before)),
           h("td", { class: "num" }, integer(layer.params_after)),
           h("td", { class: "num change" }, change(layer.params_before, layer.params_after)),
+          h(
+            "td",
+            { class: "num" },
+            Array.isArray(layer.latency_ms)
+              ? `${number(layer.latency_ms[0])} → ${number(layer.latency_ms[1])} ms`
+              : "–",
+          ),
         ),
       ),
     ),
@@ -221,6 +251,7 @@ function resultView(job) {
         highlight("Tucker only, before distilling", percent(agreement.tucker_only_vs_teacher)),
       ),
       h("div", { class: "scroll" }, beforeAfterTable(report)),
+      report.latency_note ? h("p", { class: "note", id: "latency-note" }, `Note: ${report.latency_note}.`) : null,
     );
   }
   if (Array.isArray(report.layers) && report.layers.length) {
@@ -235,6 +266,14 @@ function resultView(job) {
         { class: "figures" },
         stageTimes.map(([name, seconds]) => h("div", {}, h("dt", {}, name), h("dd", {}, duration(seconds)))),
         timings.total !== undefined ? h("div", {}, h("dt", {}, "total"), h("dd", {}, duration(timings.total))) : null,
+        report.budget
+          ? h(
+              "div",
+              { id: "budget-figure" },
+              h("dt", {}, "budget"),
+              h("dd", {}, `${duration(report.budget.budget_s)} (estimated ${duration(report.budget.estimated_s)}, steps ×${Number(report.budget.scale).toFixed(2)})`),
+            )
+          : null,
       ),
     );
   }

@@ -16,6 +16,7 @@ const HELP = {
   target_ratio: "Optional: choose ranks so the whole model shrinks at least this much.",
   quantize: "int8: also an int8 student (about 4x smaller file, faster on x86 CPUs), calibrated on the job's generated samples. The float student is always there, with an ONNX copy.",
   seed: "Makes CPU runs repeatable.",
+  budget_s: "Optional: the job's time on its worker, e.g. 90s, 15m or 1h30m. The recipe's steps are scaled to end within it, from a short measured warm-up. Empty: the preset as it is.",
 };
 
 // Ignored by an extract job: sent with their defaults so a stale entry cannot block it.
@@ -104,6 +105,7 @@ export function newJobView(main) {
     target_ratio: text({ placeholder: "none", inputmode: "decimal" }),
     quantize: select([], ""),
     seed: text({ value: "0", inputmode: "numeric" }),
+    budget_s: text({ placeholder: "none", inputmode: "text" }),
   };
   const formError = h("p", { class: "form-error", role: "alert", id: "form-error" });
   const button = h("button", { type: "submit", class: "button primary", id: "submit-job" }, "Start job");
@@ -201,6 +203,7 @@ export function newJobView(main) {
       field("task", "Task", controls.task),
       field("preset", "Preset", controls.preset),
       field("seed", "Seed", controls.seed),
+      field("budget_s", "Time budget", controls.budget_s),
     ),
     compressOnly,
     formError,

@@ -78,6 +78,27 @@ export function parseSeed(text) {
   return ok(Number(trimmed));
 }
 
+const MIN_BUDGET_S = 10;
+const MAX_BUDGET_S = 7 * 24 * 3600;
+
+/** Optional: the job's time, as 90s, 15m, 1h30m or plain seconds; empty runs the preset as it is. */
+export function parseBudget(text) {
+  const trimmed = text.trim().toLowerCase();
+  if (trimmed === "") return ok(null);
+  let seconds = null;
+  if (/^\d+(\.\d+)?$/.test(trimmed)) seconds = Number(trimmed);
+  else {
+    const match = /^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$/.exec(trimmed);
+    if (match && (match[1] || match[2] || match[3])) {
+      const [hours, minutes, secs] = match.slice(1).map((part) => Number(part || 0));
+      seconds = hours * 3600 + minutes * 60 + secs;
+    }
+  }
+  if (seconds === null) return bad("a duration like 90s, 15m or 1h30m");
+  if (seconds < MIN_BUDGET_S || seconds > MAX_BUDGET_S) return bad("from 10 s to 7 days");
+  return ok(seconds);
+}
+
 /** The spec fields whose values are a fixed set, read from the OpenAPI schema. */
 export const CHOICE_FIELDS = ["task", "preset", "prior", "quantize"];
 
@@ -119,6 +140,7 @@ export const PARSERS = {
   prior: oneOf("prior"),
   preset: oneOf("preset"),
   seed: parseSeed,
+  budget_s: parseBudget,
   task: oneOf("task"),
   quantize: oneOf("quantize"),
 };
