@@ -32,15 +32,8 @@ def cpu_latency_ms(
     model: nn.Module | torch.jit.ScriptModule, input_shape: Sequence[int], batch_size: int, repeats: int = 20
 ) -> float:
     """Median wall time of one CPU forward pass, in milliseconds, after warm-up."""
-    x = torch.randn(batch_size, *input_shape)
-    for _ in range(5):  # TorchScript's profiling executor optimises during the first runs
-        model(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    # TorchScript's profiling executor optimises during the first runs: 5 untimed.
+    return _median_ms(model, torch.randn(batch_size, *input_shape), repeats, warm_ups=5)
 
 
 @torch.no_grad()
@@ -74,15 +67,18 @@ def layer_latency_ms(
     for name in names:
         x = inputs[name]
         before, after = (
-            _median_ms(copy.deepcopy(model.get_submodule(name)).cpu().eval(), x, repeats)
+            _median_ms(copy.deepcopy(model.get_submodule(name)).cpu().eval(), x, repeats, warm_ups=3)
             for model in (teacher, student)
         )
         timed[name] = (round(before, 4), round(after, 4))
     return timed
 
 
-def _median_ms(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    for _ in range(3):
+def _median_ms(
+    module: nn.Module | torch.jit.ScriptModule, x: torch.Tensor, repeats: int, *, warm_ups: int
+) -> float:
+    """Median wall time of ``module(x)`` over ``repeats`` runs after ``warm_ups`` untimed ones, in ms."""
+    for _ in range(warm_ups):
         module(x)
     times = []
     for _ in range(repeats):

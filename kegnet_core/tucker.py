@@ -96,6 +96,17 @@ def layer_moments(
     }
 
 
+def _input_roots(moments: LayerMoments) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(root, inverse root) of the input channels' second moment C = root root^T, or None where
+    the moments are unusable (non-finite, or no signal)."""
+    c_in, c_out = moments.inputs.double(), moments.outputs.double()
+    if not (torch.isfinite(c_in).all() and torch.isfinite(c_out).all()) or torch.trace(c_in) <= 0:
+        return None
+    values, vectors = torch.linalg.eigh(c_in)
+    values = values.clamp_min(values.max() * 1e-8)
+    return vectors * values.sqrt(), vectors / values.sqrt()
+
+
 def tucker2_on_activations(
     weight: torch.Tensor, ranks: Ranks, moments: LayerMoments
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -113,13 +124,12 @@ def tucker2_on_activations(
     w = weight.detach().to("cpu", torch.float64)
     out_channels, in_channels = w.shape[:2]
     kernel = w.shape[2:]
-    c_in, c_out = moments.inputs.double(), moments.outputs.double()
-    if not (torch.isfinite(c_in).all() and torch.isfinite(c_out).all()) or torch.trace(c_in) <= 0:
+    roots = _input_roots(moments)
+    if roots is None:
         return None
+    root, inverse_root = roots
+    c_out = moments.outputs.double()
     unfolded = w.transpose(0, 1).reshape(in_channels, -1)  # (in, out*k*k)
-    values, vectors = torch.linalg.eigh(c_in)
-    values = values.clamp_min(values.max() * 1e-8)
-    root, inverse_root = vectors * values.sqrt(), vectors / values.sqrt()  # C = root root^T
     u, s, vh = torch.linalg.svd(unfolded.T @ root, full_matrices=False)
     # Past the unfolding's own rank the extra input channels carry nothing (zero factors).
     in_factor = torch.zeros(in_channels, in_rank, dtype=w.dtype)
@@ -511,8 +521,15 @@ def _plan_for_ratio(
             f"{smallest.compression_ratio:.2f}x",
             field="target_ratio",
         )
-    low, high = 0.0, 1.0  # plan_at(low) meets the target; find the highest energy that does
-    best = smallest
+    return _highest_energy_plan(plan_at, target) or smallest
+
+
+def _highest_energy_plan(
+    plan_at: Callable[[float], CompressionPlan], target: float
+) -> CompressionPlan | None:
+    """The plan at the highest energy level in [0, 1] that is still ``target`` times smaller
+    (bisection, 30 rounds); None where no level tried reaches it."""
+    low, high, best = 0.0, 1.0, None
     for _ in range(30):
         middle = (low + high) / 2
         plan = plan_at(middle)
@@ -530,14 +547,12 @@ def activation_spectra(
     moment) and through each input direction (squared singular values of the whitened input
     unfolding, as in :func:`tucker2_on_activations`), largest first; None where unusable."""
     w = weight.detach().to("cpu", torch.float64)
-    c_in, c_out = moments.inputs.double(), moments.outputs.double()
-    if not (torch.isfinite(c_in).all() and torch.isfinite(c_out).all()) or torch.trace(c_in) <= 0:
+    roots = _input_roots(moments)
+    if roots is None:
         return None
-    values, vectors = torch.linalg.eigh(c_in)
-    root = vectors * values.clamp_min(values.max() * 1e-8).sqrt()
     unfolded = w.transpose(0, 1).reshape(w.shape[1], -1)
-    through_inputs = torch.linalg.svdvals(unfolded.T @ root) ** 2
-    along_outputs = torch.linalg.eigvalsh(c_out).clamp_min(0).flip(0)
+    through_inputs = torch.linalg.svdvals(unfolded.T @ roots[0]) ** 2
+    along_outputs = torch.linalg.eigvalsh(moments.outputs.double()).clamp_min(0).flip(0)
     return along_outputs, through_inputs
 
 
@@ -577,15 +592,7 @@ def plan_on_activations(
             )
         return _make_plan(chosen, picked, total, keep_all=True)
 
-    low, high, best = 0.0, 1.0, None
-    for _ in range(30):
-        middle = (low + high) / 2
-        candidate = plan_at(middle)
-        if candidate.compression_ratio >= target:
-            low, best = middle, candidate
-        else:
-            high = middle
-    return best if best is not None else plan
+    return _highest_energy_plan(plan_at, target) or plan
 
 
 def apply_plan(
