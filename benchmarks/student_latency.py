@@ -5,9 +5,12 @@ fast as its teacher at batch 64 on the CPU.  For each suite teacher named, this
 compresses it at the ratio ``default`` chooses with no distillation (``prior:
 none``: the student's shape, which is all that latency depends on, is the
 same) and times, at batch 1 and 64 (median of 20 after warm-up, as the report
-does), the teacher and the student three ways: the TorchScript file as saved,
-``torch.jit.freeze`` of it, and ``torch.jit.optimize_for_inference`` of the
-frozen module (BatchNorm folded into the convolutions, oneDNN layouts).  It
+does), the teacher and the student three ways: the TorchScript file as saved
+(since 2026-12-02 the student is saved with BatchNorm folded, weights
+channels-last, and the layers slower factorised kept dense), ``torch.jit.freeze``
+of it, and ``torch.jit.optimize_for_inference`` of the frozen module (oneDNN
+layouts).  A second student with every planned layer factorised
+(``tucker.keep_slower_dense`` off) shows what keeping layers dense adds.  It
 also checks that each optimised form gives the saved one's outputs.
 
     python benchmarks/student_latency.py --members photos-vgg photos-resnet14 --write docs/benchmarks.md
@@ -47,33 +50,36 @@ def forms(model: torch.jit.ScriptModule) -> dict[str, torch.jit.ScriptModule]:
 def measure(name: str) -> list[str]:
     teacher = load_teacher(name)
     shape = teacher.member.input_shape
-    spec = CompressionSpec.model_validate({"input_shape": shape, "prior": "none"})
     rows = []
-    with tempfile.TemporaryDirectory() as out:
-        report = run(teacher.path, spec, out, device="cpu", measure_latency=False)
-        models = {
-            "teacher": torch.jit.load(str(teacher.path)).eval(),
-            f"student ({report.compression_ratio:.2f}x)": torch.jit.load(
+    models = {"teacher": torch.jit.load(str(teacher.path)).eval()}
+    # No probes: nothing here reads the quality estimate.
+    quiet = {"synthesis.probe_samples": 0}
+    variants = (("student", quiet), ("every layer factorised", {**quiet, "tucker.keep_slower_dense": False}))
+    for label, overrides in variants:
+        spec = CompressionSpec.model_validate({"input_shape": shape, "prior": "none", "overrides": overrides})
+        with tempfile.TemporaryDirectory() as out:
+            report = run(teacher.path, spec, out, device="cpu", measure_latency=False)
+            kept = len(report.student_form.kept_dense) if report.student_form else 0
+            models[f"{label} ({report.compression_ratio:.2f}x, {kept} kept dense)"] = torch.jit.load(
                 str(Path(out) / "student.pt")
-            ).eval(),
-        }
-        x = torch.randn(64, *shape)
-        for label, model in models.items():
+            ).eval()
+    x = torch.randn(64, *shape)
+    for label, model in models.items():
+        with torch.no_grad():
+            reference = model(x)
+        for form, variant in forms(model).items():
             with torch.no_grad():
-                reference = model(x)
-            for form, variant in forms(model).items():
-                with torch.no_grad():
-                    difference = float((variant(x) - reference).abs().max())
-                times = [cpu_latency_ms(variant, shape, batch) for batch in (1, 64)]
-                cells = [
-                    f"`{name}`",
-                    label,
-                    form,
-                    f"{times[0]:.2f} ms",
-                    f"{times[1]:.2f} ms",
-                    f"{difference:.1e}",
-                ]
-                rows.append("| " + " | ".join(cells) + " |")
+                difference = float((variant(x) - reference).abs().max())
+            times = [cpu_latency_ms(variant, shape, batch) for batch in (1, 64)]
+            cells = [
+                f"`{name}`",
+                label,
+                form,
+                f"{times[0]:.2f} ms",
+                f"{times[1]:.2f} ms",
+                f"{difference:.1e}",
+            ]
+            rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 

@@ -47,6 +47,8 @@ def summary_lines(report: Report) -> list[str]:
         lines.append(
             f"compression ratio: {report.compression_ratio:.2f}x   ranks: {json.dumps(report.ranks)}"
         )
+        if report.student_form is not None and report.student_form.summary:
+            lines.append(f"student file: {report.student_form.summary}")
         if report.latency_note:
             lines.append(f"note: {report.latency_note}")
         if report.agreement is not None:

@@ -196,6 +196,9 @@ class TuckerConfig:
     # With activation samples and ranks searched for a ratio: ranks chosen again from the
     # activation spectra those samples show, one energy level for all layers.
     activation_ranks: bool = False
+    # With ranks searched for a ratio over the default layers: planned layers whose factorised
+    # form runs slower on the CPU than the dense one stay dense (kegnet_core.stages.plan_for_speed).
+    keep_slower_dense: bool = False
 
     def __post_init__(self) -> None:
         _check_positive(self, "iterations")
@@ -318,7 +321,8 @@ DEFAULT = Recipe(
     baseline_distill=_DEFAULT_DISTILL,
     # Factors chosen for the output error on 512 of the synthesised inputs, and the ranks
     # from the energy those inputs show in each layer (docs/design.md, the default recipe, item 3).
-    tucker=TuckerConfig(activation_samples=512, activation_ranks=True),
+    # Layers slower factorised than dense stay dense (docs/design.md, "Students that run faster").
+    tucker=TuckerConfig(activation_samples=512, activation_ranks=True, keep_slower_dense=True),
 )
 
 

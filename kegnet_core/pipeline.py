@@ -140,6 +140,7 @@ def run(
 
     with clock.stage(Stage.VALIDATING):
         validated = stages.validate(model_path, spec, device=torch_device, sandbox=sandbox)
+        stages.plan_for_speed(validated, spec, recipe, checkpoints=saved)
     report.n_classes = validated.n_classes
     report.params_before = parameter_count(validated.teacher)
     report.teacher = validated.facts()
@@ -360,6 +361,7 @@ def _compress_pipeline(validated: stages.Validated, run: _Run) -> None:
     report.macs_after = exported.macs_after
     report.latency_ms = exported.latency
     report.optimised = exported.optimised
+    report.student_form = exported.form
     report.latency_note = exported.latency_note
 
 

@@ -96,6 +96,51 @@ class Optimised(_Model):
     error: str | None = None
 
 
+class KeptDense(_Model):
+    """A layer the plan would have factorised but kept dense, its factorised form being slower."""
+
+    name: str
+    ranks: list[int] = Field(description="[out_rank, in_rank] it would have had")
+    latency_ms: list[float] = Field(
+        description="[dense, factorised] CPU time of the layer alone on its input, channels-last"
+    )
+
+
+class StudentForm(_Model):
+    """How the student file is laid out for speed."""
+
+    batch_norms_folded: int = Field(description="BatchNorm layers folded into the convolutions before them")
+    memory_format: str = Field(description="channels_last or contiguous: how the 4-D weights are stored")
+    parameters: int = Field(description="parameters in the file (folding takes the BatchNorm ones)")
+    kept_dense: list[KeptDense] = Field(
+        default_factory=list, description="layers left dense because their factorised form was slower"
+    )
+    timing_batch: int | None = Field(None, description="the batch the layers were timed at for that choice")
+    summary: str = Field("", description="the above in a sentence, for the job page and the CLI")
+
+    def described(self) -> StudentForm:
+        """This form with its ``summary`` written from its fields."""
+        parts = [
+            f"{self.batch_norms_folded} BatchNorm layer{'s' if self.batch_norms_folded != 1 else ''} "
+            "folded into the convolutions before them"
+            if self.batch_norms_folded
+            else "no BatchNorm to fold",
+            "weights stored channels-last, which PyTorch's CPU convolutions run faster"
+            if self.memory_format == "channels_last"
+            else "weights stored as laid out",
+        ]
+        if self.kept_dense:
+            layers = ", ".join(
+                f"{layer.name} ({layer.latency_ms[0]:.2f} ms dense, {layer.latency_ms[1]:.2f} ms factorised)"
+                for layer in self.kept_dense
+            )
+            parts.append(
+                f"kept dense, as their factorised form ran slower on the CPU at batch {self.timing_batch}: "
+                f"{layers}"
+            )
+        return self.model_copy(update={"summary": "; ".join(parts)})
+
+
 class Artifacts(_Model):
     """File names of what the run wrote (see :mod:`kegnet_core.artifacts`)."""
 
@@ -141,6 +186,7 @@ class Report(_Model):
     int8_error: str | None = Field(None, description="why quantize: int8 gave no int8 student")
     onnx: OnnxExport | None = None
     optimised: Optimised | None = None
+    student_form: StudentForm | None = None
     latency_note: str | None = Field(
         None, description="where the student is slower than its teacher on the CPU, what to use instead"
     )

@@ -25,7 +25,14 @@ from torch import fx, nn
 
 from kegnet_core import artifacts as files
 from kegnet_core.budget import StepCosts, Work
-from kegnet_core.checkpoint import DISTILLATION, EXTRACTION, Checkpoints, generator_state, restore_generator
+from kegnet_core.checkpoint import (
+    DISTILLATION,
+    EXTRACTION,
+    PLAN,
+    Checkpoints,
+    generator_state,
+    restore_generator,
+)
 from kegnet_core.config import DistillConfig, Recipe, fit_distillation, fit_synthesis
 from kegnet_core.distill import DistillResult, agreement, distill_student, teacher_logits
 from kegnet_core.errors import ModelRunError, SpecError, UnsupportedModelError
@@ -45,7 +52,16 @@ from kegnet_core.quantize import (
     quantize_int8,
     save_int8,
 )
-from kegnet_core.report import Artifacts, Int8Student, Latency, LayerReport, OnnxExport, Optimised
+from kegnet_core.report import (
+    Artifacts,
+    Int8Student,
+    KeptDense,
+    Latency,
+    LayerReport,
+    OnnxExport,
+    Optimised,
+    StudentForm,
+)
 from kegnet_core.sampling import seeded_init
 from kegnet_core.sandbox import SandboxLimits, check_model_in_sandbox
 from kegnet_core.sources import (
@@ -65,6 +81,8 @@ from kegnet_core.tucker import (
     layer_moments,
     plan_compression,
     plan_on_activations,
+    plan_without,
+    shape_twin,
 )
 
 
@@ -80,6 +98,8 @@ class Validated:
     prior: Prior  # the spec's prior, ``auto`` resolved against what the teacher shows
     plan: CompressionPlan | None = None
     plan_ratio: float | None = None  # the ratio the plan's ranks were searched for (None: fixed ranks)
+    kept_dense: list[KeptDense] = field(default_factory=list)  # planned, but slower factorised
+    timing_batch: int | None = None  # the batch the planned layers were timed at (plan_for_speed)
 
     def facts(self) -> dict[str, int]:
         return {"batch_norm_layers": self.batch_norms, "macs": self.macs, "classes": self.n_classes}
@@ -181,6 +201,81 @@ def validate(
         if spec.target_ratio is not None or spec.ranks == "auto":
             validated.plan_ratio = spec.target_ratio or AUTO_RATIO
     return validated
+
+
+# A planned layer whose factorised form is this much slower than the dense one stays dense.
+SPEED_MARGIN = 0.1
+# The layers are timed at batch 64, or at fewer inputs where the teacher does more than this
+# many multiply-accumulates per batch (a 224x224 ResNet-18: 2).
+TIMING_MACS = 4e9
+
+
+def timing_batch(macs: int) -> int:
+    """The batch the planned layers are timed at for a teacher of ``macs`` per input."""
+    return max(1, min(64, int(TIMING_MACS // max(macs, 1))))
+
+
+def plan_for_speed(
+    validated: Validated, spec: CompressionSpec, recipe: Recipe, *, checkpoints: Checkpoints | None = None
+) -> None:
+    """Keep dense the planned layers whose factorised form runs slower on the CPU.
+
+    Only where ``recipe.tucker.keep_slower_dense`` is set and the ranks were searched for a
+    ratio over layers the user did not name.  Each planned layer is timed alone on the input the
+    teacher feeds it, dense and as an (untrained) factorised twin of its planned ranks, both
+    channels-last as the student is saved (:func:`kegnet_core.export.save_student`).  Those
+    slower by more than :data:`SPEED_MARGIN` are dropped from the plan, the slowest first, for as
+    long as the other layers' ranks, searched again, still make the model ``plan_ratio`` times
+    smaller.  A layer of few channels on a large image (ResNet14's first stage: 16 channels at
+    32x32) runs 1.5x slower as three convolutions than as one (docs/benchmarks.md).  With
+    ``checkpoints``, the choice is saved, and a resumed run takes it instead of timing again."""
+    plan, ratio = validated.plan, validated.plan_ratio
+    if plan is None or ratio is None or spec.layers is not None or not recipe.tucker.keep_slower_dense:
+        return
+    names = [layer.name for layer in plan.layers]
+    saved = checkpoints.load(PLAN) if checkpoints is not None else None
+    if saved is not None and list(saved["names"]) == names:
+        batch, dropped = int(saved["batch"]), [str(name) for name in saved["dropped"]]
+        timed = {
+            name: (float(dense), float(factorised))
+            for name, (dense, factorised) in zip(names, saved["latency_ms"], strict=True)
+        }
+        if dropped:
+            validated.plan = plan_without(validated.teacher, plan, dropped, ratio) or plan
+    else:
+        batch = timing_batch(validated.macs)
+        timed = layer_latency_ms(
+            validated.teacher,
+            shape_twin(validated.teacher, plan),
+            names,
+            validated.input_shape,
+            batch_size=batch,
+            channels_last=True,
+        )
+        slower = sorted(
+            (name for name in names if timed[name][1] > timed[name][0] * (1 + SPEED_MARGIN)),
+            key=lambda name: timed[name][0] - timed[name][1],
+        )
+        dropped = []
+        for name in slower:
+            candidate = plan_without(validated.teacher, plan, [*dropped, name], ratio)
+            if candidate is not None:
+                dropped.append(name)
+                validated.plan = candidate
+        if checkpoints is not None:
+            state = {
+                "names": names,
+                "batch": batch,
+                "dropped": dropped,
+                "latency_ms": [list(timed[n]) for n in names],
+            }
+            checkpoints.save(PLAN, state)
+    validated.timing_batch = batch
+    validated.kept_dense = [
+        KeptDense(name=layer.name, ranks=list(layer.ranks), latency_ms=list(timed[layer.name]))
+        for layer in plan.layers
+        if layer.name in dropped
+    ]
 
 
 def extract(
@@ -586,6 +681,7 @@ class Exported:
     macs_after: int
     layers: list[LayerReport]
     latency: Latency | None
+    form: StudentForm | None = None
     optimised: Optimised | None = None
     latency_note: str | None = None
 
@@ -643,7 +739,8 @@ def export_student(
     """Script and save the student (checked against the trained one); measure its size and speed."""
     assert validated.plan is not None
     path = layout.path(files.STUDENT.file)
-    student_script = save_student(student, path, validated.input_shape)
+    saved = save_student(student, path, validated.input_shape)
+    student_script = saved.module
     layers = [
         LayerReport(
             name=layer.name,
@@ -663,13 +760,24 @@ def export_student(
         )
         optimised = optimised_latency(model_path, path, validated.input_shape)
         timed = layer_latency_ms(
-            validated.teacher, student, [layer.name for layer in layers], validated.input_shape
+            validated.teacher,
+            student,
+            [layer.name for layer in layers],
+            validated.input_shape,
+            channels_last=saved.memory_format == "channels_last",
         )
         for layer in layers:
             layer.latency_ms = list(timed[layer.name])
         note = latency_note(latency, optimised, layers)
     return Exported(
         artifacts=Artifacts(student=path.name),
+        form=StudentForm(
+            batch_norms_folded=saved.batch_norms_folded,
+            memory_format=saved.memory_format,
+            parameters=parameter_count(student_script),
+            kept_dense=validated.kept_dense,
+            timing_batch=validated.timing_batch,
+        ).described(),
         optimised=optimised,
         latency_note=note,
         params_after=parameter_count(student),

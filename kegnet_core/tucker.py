@@ -540,6 +540,40 @@ def _highest_energy_plan(
     return best
 
 
+def plan_without(
+    model: nn.Module, plan: CompressionPlan, dropped: Sequence[str], target: float
+) -> CompressionPlan | None:
+    """``plan`` less the ``dropped`` layers, its ranks searched again (one energy level of the
+    weights, as for ``target_ratio``) so that the model is still ``target`` times smaller; None
+    where the other layers cannot get there."""
+    chosen = {
+        layer.name: module
+        for layer in plan.layers
+        if layer.name not in dropped
+        and isinstance(module := model.get_submodule(layer.name), (nn.Conv2d, nn.Linear))
+    }
+    if not chosen:
+        return None
+    try:
+        found = _plan_for_ratio(chosen, plan.params_before, target, explicit=False)
+    except SpecError:
+        return None
+    return found if found.compression_ratio >= target else None
+
+
+def shape_twin(model: nn.Module, plan: CompressionPlan) -> nn.Module:
+    """A copy of ``model`` with each planned layer swapped for an untrained factorised twin of the
+    planned ranks: the shapes of the student, for timing it, without fitting any factor."""
+    twin = copy.deepcopy(model)
+    for layer in plan.layers:
+        module = twin.get_submodule(layer.name)
+        if isinstance(module, nn.Conv2d):
+            twin.set_submodule(layer.name, TuckerConv2d(module, layer.ranks).to(module.weight.device))
+        elif isinstance(module, nn.Linear):
+            twin.set_submodule(layer.name, TuckerLinear(module, layer.ranks).to(module.weight.device))
+    return twin
+
+
 def activation_spectra(
     weight: torch.Tensor, moments: LayerMoments
 ) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -192,6 +192,7 @@ def test_a_quick_job_from_upload_to_download(
     for label in ("Parameters", "File size", "MACs per input", "CPU latency, batch 1", "batch 64"):
         expect(table).to_contain_text(label)
     expect(page.locator("#layers tbody tr")).not_to_have_count(0)
+    expect(page.locator("#student-form")).to_contain_text("BatchNorm layers folded")
     expect(page.locator("#curves svg.chart").first).to_be_visible()
 
     with page.expect_download() as pending:

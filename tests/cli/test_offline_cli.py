@@ -66,6 +66,10 @@ def test_compress_writes_the_student_and_its_report(tiny_cnn: Path, tmp_path: Pa
         == {"batch_1", "batch_64"}
     )
     assert optimised["max_abs_difference"] < 1e-3 and "optimised (batch 64)" in result.stdout
+    # Saved for speed, and the summary says how.
+    form = report["student_form"]
+    assert form["batch_norms_folded"] == 2 and form["memory_format"] == "channels_last"
+    assert f"student file: {form['summary']}" in result.stdout
 
 
 def test_quantize_writes_the_int8_model_under_the_name_given(tiny_cnn: Path, tmp_path: Path):

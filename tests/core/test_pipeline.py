@@ -58,6 +58,11 @@ def test_quick_compression_end_to_end(tiny_cnn, tmp_path):
     # The agreement figures are the student's and the Tucker-only student's on the same probes.
     assert report.agreement is not None and report.quality is not None
     assert report.agreement.samples == report.quality.probe_samples
+    # Saved for speed: both BatchNorms folded into their convolutions, weights channels-last.
+    assert report.student_form is not None
+    assert report.student_form.batch_norms_folded == 2
+    assert report.student_form.memory_format == "channels_last"
+    assert report.student_form.parameters < report.params_after
     # The student loads with plain torch in a process that never saw this project.
     checked = subprocess.run(
         [
@@ -67,7 +72,7 @@ def test_quick_compression_end_to_end(tiny_cnn, tmp_path):
             FRESH_PROCESS_CHECK,
             str(out / "student.pt"),
             "[1, 8, 8]",
-            str(report.params_after),
+            str(report.student_form.parameters),
         ],
         cwd=tmp_path,
         capture_output=True,

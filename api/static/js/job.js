@@ -251,6 +251,9 @@ function resultView(job) {
         highlight("Tucker only, before distilling", percent(agreement.tucker_only_vs_teacher)),
       ),
       h("div", { class: "scroll" }, beforeAfterTable(report)),
+      report.student_form && report.student_form.summary
+        ? h("p", { class: "note", id: "student-form" }, `Student file: ${report.student_form.summary}.`)
+        : null,
       report.latency_note ? h("p", { class: "note", id: "latency-note" }, `Note: ${report.latency_note}.`) : null,
     );
   }
