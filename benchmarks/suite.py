@@ -195,31 +195,6 @@ def timing_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def latency_table(rows: list[dict[str, Any]]) -> str:
-    """CPU latency of teacher (as uploaded) and `default` student (as saved) at batch 1 and 64, per
-    seed (each run times its own pair on the machine as it was then), and the layers kept dense."""
-    lines = [
-        "| teacher | MMACs | seed | teacher, batch 1 | student, batch 1 | teacher, batch 64 "
-        "| student, batch 64 | student / teacher at 64 | kept dense |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name in MEMBERS:
-        chosen = [
-            row
-            for row in _pick(rows, member=name, student="default", approach="default")
-            if row.get("latency_ms") and "kept_dense" in row and not row.get("same_as_default")
-        ]
-        for row in sorted(chosen, key=lambda row: row["seed"]):
-            before, after = row["latency_ms"]["before"], row["latency_ms"]["after"]
-            kept = ", ".join(f"`{layer}`" for layer in row["kept_dense"]) or "none"
-            lines.append(
-                f"| `{name}` | {(row['macs'] or 0) / 1e6:.2f} | {row['seed']} | {before['batch_1']:.2f} ms "
-                f"| {after['batch_1']:.2f} ms | {before['batch_64']:.2f} ms | {after['batch_64']:.2f} ms "
-                f"| {after['batch_64'] / before['batch_64']:.2f} | {kept} |"
-            )
-    return "\n".join(lines)
-
-
 def estimate_table(rows: list[dict[str, Any]]) -> str:
     """How the report's quality estimate compares with the real loss, over every suite student."""
     rows = [row for row in rows if not row.get("same_as_default")]
@@ -311,7 +286,6 @@ def main() -> int:
         write_section(args.write, "suite-table", f"{head}\n\n{table(rows)}")
         write_section(args.write, "suite-times", timing_table(rows))
         write_section(args.write, "suite-estimates", estimate_table(rows))
-        write_section(args.write, "suite-latency", latency_table(rows))
     return 0
 
 

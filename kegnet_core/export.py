@@ -141,11 +141,19 @@ def fold_batch_norms(model: fx.GraphModule) -> tuple[fx.GraphModule, int]:
             conv.weight, conv.bias = fuse_conv_bn_weights(
                 conv.weight, conv.bias, norm.mean, norm.var, norm.eps, norm.weight, norm.bias
             )
+        # A bias made from nothing (a convolution without one) comes back frozen: the file's
+        # parameters all stay trainable, as the student's were.
+        assert conv.bias is not None
+        conv.bias.requires_grad_(conv.weight.requires_grad)
         node.replace_all_uses_with(node.args[0])
         model.graph.erase_node(node)
         folded += 1
     if folded:
-        model.graph.eliminate_dead_code()
+        # In-place ops without a ``.default`` overload (``add_``, ``mul_``) count as pure to fx:
+        # the loader's ``mutates`` mark keeps them.
+        model.graph.eliminate_dead_code(
+            is_impure_node=lambda node: node.is_impure() or bool(node.meta.get("mutates", False))
+        )
         model.graph.lint()
         model.recompile()
         model.delete_all_unused_submodules()
@@ -194,23 +202,26 @@ def save_student(student: nn.Module, path: str | Path, input_shape: Sequence[int
     The file is still a plain TorchScript model with parameters: callers feed it the usual
     contiguous inputs."""
     path = Path(path)
-    model = copy.deepcopy(student).cpu().eval()
-    folded = 0
-    if isinstance(model, fx.GraphModule):
-        model, folded = fold_batch_norms(model)
+    plain = copy.deepcopy(student).cpu().eval()
+    model, folded = plain, 0
+    if isinstance(plain, fx.GraphModule):
+        model, folded = fold_batch_norms(plain)
         model = views_as_reshapes(model)
-    formats = ["channels_last", "contiguous"] if _has_convolutions(model) else ["contiguous"]
+    # The fastest form first; last, the student exactly as trained (nothing folded or rewritten).
+    forms: list[tuple[nn.Module, int, str]] = []
+    if _has_convolutions(model):
+        forms.append((copy.deepcopy(model).to(memory_format=torch.channels_last), folded, "channels_last"))  # type: ignore[call-overload]
+    forms.append((model, folded, "contiguous"))
+    if folded or model is not plain:
+        forms.append((plain, 0, "contiguous"))
     failure: Exception | None = None
-    for memory_format in formats:
-        candidate = model
-        if memory_format == "channels_last":
-            candidate = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    for candidate, candidate_folded, memory_format in forms:
         try:
             loaded = _save_checked(candidate, student, path, input_shape)
         except Exception as exc:  # the next form, or the error below
             failure = exc
             continue
-        return SavedStudent(module=loaded, batch_norms_folded=folded, memory_format=memory_format)
+        return SavedStudent(module=loaded, batch_norms_folded=candidate_folded, memory_format=memory_format)
     if isinstance(failure, UnsupportedModelError):
         raise failure
     raise UnsupportedModelError(f"the compressed model could not be scripted: {failure}") from failure

@@ -150,7 +150,7 @@ def run(
     budget = None
     if spec.budget_s is not None:
         warm_up = time.perf_counter()
-        budget = _plan_budget(validated, spec, recipe, torch_device, started, progress)
+        budget = _plan_budget(validated, spec, recipe, torch_device, started, progress, measure_latency)
         recipe = budget.plan.recipe
         report.budget = budget.plan.to_report(budget.costs)
         report.budget["warm_up_s"] = round(time.perf_counter() - warm_up, 2)
@@ -188,12 +188,13 @@ def _plan_budget(
     device: torch.device,
     started: float,
     progress: ProgressCallback,
+    measure_latency: bool,
 ) -> _Budget:
     """Time a few steps of each kind the job runs, scale the recipe to ``spec.budget_s``, and
     tell the caller the estimated duration."""
     assert spec.budget_s is not None
     work = stages.budgeted_work(validated, spec, recipe)
-    costs = stages.step_costs(validated, spec, recipe, work, device=device)
+    costs = stages.step_costs(validated, spec, recipe, work, device=device, measure_latency=measure_latency)
     plan = plan_budget(
         recipe,
         stages.prior_distill_config(validated, recipe),

@@ -190,3 +190,42 @@ def test_synthesis_past_its_deadline_stops_after_a_batch_never_before_one(tiny_c
     rng = torch.Generator().manual_seed(0)
     ahead = synthesise(teacher, (1, 8, 8), 3, config, rng=rng, deadline=time.perf_counter() + 60)
     assert ahead.shape == (256, 1, 8, 8) and torch.equal(ahead[:64], late)
+
+
+class _Slow(torch.nn.Module):
+    """A model whose every pass takes ``seconds``; counts its passes."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds, self.passes = seconds, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.passes += 1
+        time.sleep(self.seconds)
+        return x
+
+
+def test_a_slow_model_is_timed_on_a_few_passes_not_twenty_five():
+    from kegnet_core.measure import MIN_RUNS, MIN_WARM_UPS, _median_ms, _paired_fastest_ms
+
+    slow = _Slow(0.04)
+    assert _median_ms(slow, torch.zeros(1), 20, warm_ups=5, cap_s=0.05) >= 40
+    assert slow.passes == MIN_WARM_UPS + MIN_RUNS
+    fast = _Slow(0.0)
+    _median_ms(fast, torch.zeros(1), 20, warm_ups=5, cap_s=0.05)
+    assert fast.passes == 25
+    first, second = _Slow(0.03), _Slow(0.001)
+    dense, factorised = _paired_fastest_ms(first, second, torch.zeros(1), 15, warm_ups=3, cap_s=0.05)
+    assert first.passes == second.passes == MIN_WARM_UPS + MIN_RUNS and dense > factorised
+
+
+def test_the_latency_figures_a_budget_counts_stop_growing_with_the_model():
+    from kegnet_core.measure import TIMING_CAP_S, latency_figure_s, measurement_s
+
+    # A small teacher: every pass of every figure counted (4 x 25 whole-model passes at batch 64
+    # and at batch 1, 18 pairs of each planned layer).
+    assert measurement_s(0.01, 4) == pytest.approx(0.01 * (4 * 25 * (1 + 1 / 32) + 2 * 18))
+    # A 224x224 ResNet-18 on two CPU cores, ~4 s a pass at batch 64: under 50 passes' worth, not
+    # 140, most of it the per-layer figures' caps.
+    assert measurement_s(4.0, 20) < 50 * 4.0
+    assert latency_figure_s(4.0) == pytest.approx(max(5 * 4.0, 2 * (TIMING_CAP_S + 4.0)))

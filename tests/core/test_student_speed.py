@@ -38,6 +38,7 @@ def test_folding_takes_the_batch_norms_into_the_convolutions():
     x = torch.randn(5, *SHAPE)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), teacher(x), rtol=1e-5, atol=1e-5)
+    assert all(parameter.requires_grad for parameter in folded.parameters())  # fine-tunable still
     # Each BatchNorm's weight and bias (8 channels) are gone; the convolutions had biases already.
     assert parameter_count(folded) == parameter_count(teacher) - 2 * (8 + 8)
 
@@ -135,7 +136,10 @@ def _timed(slower: set[str]):
 
 
 def _spec(**kwargs) -> CompressionSpec:
-    return CompressionSpec(input_shape=SHAPE, preset="default", **kwargs)
+    """A `default` spec with the layers that time slower factorised kept dense (off in presets)."""
+    return CompressionSpec(
+        input_shape=SHAPE, preset="default", overrides={"tucker.keep_slower_dense": True}, **kwargs
+    )
 
 
 def test_a_layer_slower_factorised_stays_dense_and_the_others_keep_the_ratio(monkeypatch):
@@ -169,7 +173,9 @@ def test_named_layers_and_recipes_without_it_are_not_timed(monkeypatch):
     validated = _validated()
     before = validated.plan
     stages.plan_for_speed(validated, _spec(layers=["c", "d"]), _spec().recipe())
-    stages.plan_for_speed(validated, _spec(), CompressionSpec(input_shape=SHAPE, preset="quick").recipe())
+    for preset in ("default", "quick"):
+        plain = CompressionSpec(input_shape=SHAPE, preset=preset)
+        stages.plan_for_speed(validated, plain, plain.recipe())
     assert validated.plan is before and not validated.kept_dense
 
 
@@ -243,3 +249,40 @@ def test_a_convolution_called_twice_keeps_its_batch_norm_apart():
     x = torch.randn(3, 4, 6, 6)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x))
+
+
+def test_one_busy_round_does_not_keep_a_layer_dense(monkeypatch):
+    rounds = iter([_timed({"c"}), _timed(set()), _timed(set())])
+
+    def timed(*args, **kwargs):
+        return next(rounds)(*args, **kwargs)
+
+    validated = _validated()
+    before = [layer.name for layer in _plan(validated).layers]
+    monkeypatch.setattr(stages, "layer_latency_ms", timed)
+    stages.plan_for_speed(validated, _spec(), _spec().recipe())
+    assert [layer.name for layer in _plan(validated).layers] == before and not validated.kept_dense
+
+
+class _ScaledInPlace(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, bias=False)
+        self.norm = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.norm(self.conv(x))).clone()
+        y.mul_(3.0)  # its result unused: only the write matters
+        return y.flatten(1)
+
+
+def test_folding_keeps_an_in_place_op_whose_result_is_unused():
+    torch.manual_seed(0)
+    model = fx.symbolic_trace(randomise_batchnorm(_ScaledInPlace()).eval())
+    for node in model.graph.nodes:  # as the loader marks them
+        node.meta["mutates"] = node.target == "mul_"
+    folded, count = fold_batch_norms(model)
+    assert count == 1
+    x = torch.randn(3, *SHAPE)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
