@@ -321,7 +321,6 @@ DEFAULT = Recipe(
     baseline_distill=_DEFAULT_DISTILL,
     # Factors chosen for the output error on 512 of the synthesised inputs, and the ranks
     # from the energy those inputs show in each layer (docs/design.md, the default recipe, item 3).
-    # Layers slower factorised than dense stay dense (docs/design.md, "Students that run faster").
     tucker=TuckerConfig(activation_samples=512, activation_ranks=True),
 )
 

@@ -212,7 +212,7 @@ def save_student(student: nn.Module, path: str | Path, input_shape: Sequence[int
     if _has_convolutions(model):
         forms.append((copy.deepcopy(model).to(memory_format=torch.channels_last), folded, "channels_last"))  # type: ignore[call-overload]
     forms.append((model, folded, "contiguous"))
-    if folded or model is not plain:
+    if model is not plain:
         forms.append((plain, 0, "contiguous"))
     failure: Exception | None = None
     for candidate, candidate_folded, memory_format in forms:
