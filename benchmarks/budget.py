@@ -37,10 +37,10 @@ from kegnet_core.spec import CompressionSpec  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "budget.jsonl"
 
 
-def measure(member: str, budget_s: float, seed: int, device: str) -> dict[str, Any]:
+def measure(member: str, budget_s: float, seed: int, device: str, quantize: str = "none") -> dict[str, Any]:
     teacher = load_teacher(member)
     spec = CompressionSpec.model_validate(
-        {"input_shape": teacher.member.input_shape, "budget_s": budget_s, "seed": seed}
+        {"input_shape": teacher.member.input_shape, "budget_s": budget_s, "seed": seed, "quantize": quantize}
     )
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
@@ -53,6 +53,8 @@ def measure(member: str, budget_s: float, seed: int, device: str) -> dict[str, A
         "budget_s": budget_s,
         "seed": seed,
         "device": device,
+        "quantize": quantize,
+        "int8_s": (budget.get("step_costs_s") or {}).get("int8"),
         "wall_s": round(wall, 2),
         "off_by": round(wall / budget_s - 1, 4),
         "estimated_s": budget.get("estimated_s"),
@@ -75,7 +77,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     ]
     for row in rows:
         lines.append(
-            f"| `{row['member']}` | {row['device']} | {row['budget_s']:.0f} s | {row['wall_s']:.1f} s "
+            f"| `{row['member']}`{' + int8' if row.get('quantize') == 'int8' else ''} | {row['device']} "
+            f"| {row['budget_s']:.0f} s | {row['wall_s']:.1f} s "
             f"| {100 * row['off_by']:+.1f}% | {row['scale']:.2f}x | {row['warm_up_s']:.1f} s "
             f"| {row['distill_steps']} | {100 * row['teacher_accuracy']:.2f}% "
             f"| {100 * row['accuracy']:.2f}% |"
@@ -88,6 +91,7 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", required=True, metavar="MEMBER:SECONDS")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quantize", choices=["none", "int8"], default="none", help="also an int8 student")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--write", type=Path, help="put the table of all results into this markdown file")
     args = parser.parse_args()
@@ -96,7 +100,7 @@ def main() -> None:
         member, _, seconds = item.partition(":")
         if member not in members:
             parser.error(f"{member!r} is not an available suite member ({', '.join(sorted(members))})")
-        row = measure(member, float(seconds), args.seed, args.device)
+        row = measure(member, float(seconds), args.seed, args.device, args.quantize)
         args.results.parent.mkdir(parents=True, exist_ok=True)
         with args.results.open("a") as handle:
             handle.write(json.dumps(row) + "\n")

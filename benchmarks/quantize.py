@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -122,27 +123,66 @@ def compress_rows(teacher: Teacher, seed: int) -> list[dict[str, Any]]:
     ]
 
 
+def cpu_description() -> str:
+    """The CPU's model and its vector extensions that int8 kernels use: int8 speed-ups depend on
+    them (AVX-512 VNNI or AMX against AVX2 alone)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    model = next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), ""
+    )
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
+    )
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    extensions = [flag for flag in wanted if flag in flags]
+    return f"{model or platform.machine()} ({', '.join(extensions) or 'no AVX2'})"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+    tucker_files = {
+        (r["member"], r["seed"]): r["file_after"] for r in rows if r["approach"] == "tucker (default)"
+    }
     lines = [
-        f"Measured {stamp} on {platform.machine()}, {os.cpu_count()} CPUs by `benchmarks/quantize.py` "
+        f"Measured {stamp} on {cpu_description()}, {os.cpu_count()} CPUs by `benchmarks/quantize.py` "
         "(accuracy on each teacher's held-out test split; latency on this CPU, median of 20).",
         "",
-        "| teacher | approach | calibration | accuracy (teacher) | loss, points | file | "
-        "batch 64 latency (teacher) | ONNX max diff | wall |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| teacher | approach | seed | calibration | accuracy (teacher) | loss, points | file (teacher) | "
+        "vs Tucker's file | batch 64 latency (teacher) | ONNX max diff | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         before, after = row["latency_before_ms"], row.get("latency_after_ms") or {}
         speed = f"{after['batch_64']:.2f} ms ({before['batch_64']:.2f} ms)" if after.get("batch_64") else "–"
         onnx = row.get("onnx_max_abs_difference")
+        tucker = tucker_files.get((row["member"], row["seed"]))
+        smaller = (
+            f"{tucker / row['file_after']:.2f}x smaller"
+            if row["approach"] == "tucker + int8" and tucker
+            else "–"
+        )
         lines.append(
-            f"| {row['member']} | {row['approach']} | {row.get('calibration', row.get('prior', ''))} | "
+            f"| {row['member']} | {row['approach']} | {row['seed']} | "
+            f"{row.get('calibration', row.get('prior', ''))} | "
             f"{row['accuracy'] * 100:.2f}% ({row['teacher_accuracy'] * 100:.2f}%) | "
             f"{row['loss_points']:.2f} | "
-            f"{row['file_after'] / 1024:.0f} KiB ({row['file_before'] / 1024:.0f} KiB) | {speed} | "
+            f"{row['file_after'] / 1024:.0f} KiB ({row['file_before'] / 1024:.0f} KiB) | "
+            f"{smaller} | {speed} | "
             f"{'–' if onnx is None else f'{onnx:.1e}'} | {row['wall_s']:.0f} s |"
         )
+    groups: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        groups.setdefault((row["member"], row["approach"]), []).append(row["loss_points"])
+    if any(len(losses) > 1 for losses in groups.values()):
+        lines += ["", "| teacher | approach | loss, points: mean ± std (seeds) |", "|---|---|---|"]
+        for (member, approach), losses in groups.items():
+            lines.append(
+                f"| {member} | {approach} | {statistics.fmean(losses):.2f} ± "
+                f"{statistics.pstdev(losses):.2f} ({len(losses)}) |"
+            )
     return "\n".join(lines)
 
 

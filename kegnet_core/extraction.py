@@ -72,10 +72,7 @@ def train_generator(
     """
     with seeded_init(seed):
         generator = build_generator(input_shape, n_classes, config.noise_dim, config.generator_channels)
-        n_inputs = 1
-        for size in input_shape:
-            n_inputs *= int(size)
-        decoder = Decoder(n_inputs, config.noise_dim, config.decoder_hidden_layers, config.decoder_units)
+        decoder = Decoder(input_shape, config.noise_dim, config.decoder_hidden_layers, config.decoder_units)
     generator.to(device).train()
     decoder.to(device).train()
     # A teacher whose last step is not a Linear or Conv2d layer has no
@@ -87,6 +84,7 @@ def train_generator(
     total = total_steps or config.steps
     history: list[dict[str, float]] = []
     snapshots: list[nn.Module] = []
+    every, limit = config.snapshot_every, snapshot_limit(generator)
     sums = torch.zeros(5, device=device)  # classifier, decoder, diversity, total, correct
     for step in range(config.steps):
         labels = training_labels(config.batch_size, n_classes, config.label_mix, rng, device)
@@ -115,8 +113,11 @@ def train_generator(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if _snapshot_due(config, step + 1):
+        if _snapshot_due(config, step + 1, every):
             snapshots.append(copy.deepcopy(generator).eval().requires_grad_(False))
+            if len(snapshots) > limit:  # every other one goes, the newest stays; half as many from now
+                snapshots = snapshots[(len(snapshots) - 1) % 2 :: 2]
+                every *= 2
         with torch.no_grad():
             correct = (logits.argmax(1) == labels.argmax(1)).float().mean()
             sums += torch.stack((loss_cls, loss_dec, loss_div, loss, correct)).detach()
@@ -145,8 +146,19 @@ def train_generator(
     return TrainedGenerator(generator=generator, seed=seed, history=history, snapshots=snapshots)
 
 
-def _snapshot_due(config: ExtractionConfig, done: int) -> bool:
-    every = config.snapshot_every
+# Generator snapshots held at once, in bytes of weights: past this, every other one is dropped
+# and the rest come half as often, so they still span the whole trajectory.  The paper-sized
+# generators of the recipes (under 2 MB at 1,000 classes) never reach it.
+SNAPSHOT_BYTES = 256 * 1024**2
+
+
+def snapshot_limit(generator: nn.Module) -> int:
+    """How many copies of ``generator`` fit in :data:`SNAPSHOT_BYTES` (at least two)."""
+    size = sum(t.numel() * t.element_size() for t in (*generator.parameters(), *generator.buffers()))
+    return max(2, SNAPSHOT_BYTES // max(size, 1))
+
+
+def _snapshot_due(config: ExtractionConfig, done: int, every: int) -> bool:
     return every > 0 and done >= config.snapshot_from and (done % every == 0 or done == config.steps)
 
 

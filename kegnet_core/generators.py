@@ -93,11 +93,26 @@ class VectorGenerator(nn.Module):
         return self.adjust(self.layers(torch.cat((noise, labels), dim=1)))
 
 
-class Decoder(nn.Module):
-    """D(x) -> z: an MLP over the flattened sample (ELU + BatchNorm)."""
+# The decoder reads images larger than this on a side average-pooled to it: a 3x224x224 input
+# read whole would make its first layer 18 M weights (Adam triples them), where 32x32, the
+# paper's size, is what it needs to tell noise vectors apart.
+DECODER_SIDE = 32
 
-    def __init__(self, n_inputs: int, noise_dim: int, hidden_layers: int = 1, units: int = 120) -> None:
+
+class Decoder(nn.Module):
+    """D(x) -> z: an MLP over the flattened sample (ELU + BatchNorm), images first pooled to at
+    most :data:`DECODER_SIDE` on a side."""
+
+    def __init__(
+        self, input_shape: Sequence[int], noise_dim: int, hidden_layers: int = 1, units: int = 120
+    ) -> None:
         super().__init__()
+        shape = [int(size) for size in input_shape]
+        self.pooled: tuple[int, int] | None = None
+        if len(shape) == 3 and max(shape[1:]) > DECODER_SIDE:
+            self.pooled = (min(shape[1], DECODER_SIDE), min(shape[2], DECODER_SIDE))
+            shape = [shape[0], *self.pooled]
+        n_inputs = math.prod(shape)
         blocks: list[nn.Module] = [nn.Linear(n_inputs, units), nn.ELU(), nn.BatchNorm1d(units)]
         for _ in range(hidden_layers):
             blocks += [nn.Linear(units, units), nn.ELU(), nn.BatchNorm1d(units)]
@@ -105,6 +120,8 @@ class Decoder(nn.Module):
         self.layers = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pooled is not None:
+            x = F.adaptive_avg_pool2d(x, self.pooled)  # (B, C, <=32, <=32)
         return self.layers(x.flatten(1))
 
 

@@ -49,6 +49,7 @@ from kegnet_core.quantize import (
     CALIBRATION_BATCHES,
     calibration_batches,
     export_onnx,
+    int8_seconds,
     quantize_int8,
     save_int8,
 )
@@ -72,7 +73,7 @@ from kegnet_core.sources import (
     needs_synthesis,
     resolve_prior,
 )
-from kegnet_core.spec import CompressionSpec, Prior, Task
+from kegnet_core.spec import CompressionSpec, Prior, Quantize, Task
 from kegnet_core.synthesis import synthesise
 from kegnet_core.tucker import (
     AUTO_RATIO,
@@ -475,10 +476,15 @@ def step_costs(
                 teacher(probe)
                 passes.append(time.perf_counter() - start)
             costs = replace(costs, forward_s=min(passes[1:]))
-            if measure_latency and validated.plan is not None:
+            int8 = spec.quantize is Quantize.INT8
+            if (measure_latency and validated.plan is not None) or int8:
                 cpu_forward_s = costs.forward_s if device.type == "cpu" else _cpu_forward_s(teacher, shape)
-                layers = len(validated.plan.layers)
-                costs = replace(costs, measure_s=measurement_s(cpu_forward_s, layers))
+                if measure_latency and validated.plan is not None:
+                    layers = len(validated.plan.layers)
+                    costs = replace(costs, measure_s=measurement_s(cpu_forward_s, layers))
+                if int8:
+                    int8_s = int8_seconds(cpu_forward_s, measure_latency=measure_latency)
+                    costs = replace(costs, int8_s=int8_s)
         if work.synthesis or work.probes:
             config = replace(recipe.synthesis, samples=recipe.synthesis.batch_size)
             rng = torch.Generator(device).manual_seed(spec.seed)

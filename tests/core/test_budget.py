@@ -229,3 +229,19 @@ def test_the_latency_figures_a_budget_counts_stop_growing_with_the_model():
     # 140, most of it the per-layer figures' caps.
     assert measurement_s(4.0, 20) < 50 * 4.0
     assert latency_figure_s(4.0) == pytest.approx(max(5 * 4.0, 2 * (TIMING_CAP_S + 4.0)))
+
+
+def test_an_int8_copy_is_costed_from_a_cpu_pass_only_when_the_job_makes_one(tiny_cnn):
+    cpu = torch.device("cpu")
+    costed = {}
+    for quantize in ("none", "int8"):
+        spec = CompressionSpec(input_shape=(1, 8, 8), preset="quick", quantize=quantize, budget_s=60)
+        validated = stages.validate(tiny_cnn, spec, device=cpu)
+        work = stages.budgeted_work(validated, spec, spec.recipe())
+        costs = stages.step_costs(validated, spec, spec.recipe(), work, device=cpu, measure_latency=False)
+        costed[quantize] = costs
+    assert costed["none"].int8_s == 0
+    # At least the calibration's passes and the fixed seconds, and counted among the fixed costs.
+    int8 = costed["int8"]
+    assert int8.int8_s > 1.0 + 16 * int8.forward_s
+    assert int8.fixed_s - replace(int8, int8_s=0.0).fixed_s == pytest.approx(int8.int8_s)

@@ -21,8 +21,17 @@ def test_generator_output_shape(shape):
     labels = torch.eye(5)[torch.tensor([0, 1, 2, 4])]
     out = generator(labels, torch.randn(4, 7))
     assert out.shape == (4, *shape)
-    decoder = Decoder(int(torch.tensor(shape).prod()), 7)
+    decoder = Decoder(shape, 7)
     assert decoder(out).shape == (4, 7)
+
+
+def test_decoder_reads_large_images_pooled():
+    # The paper's 32x32 is read whole; 3x224x224 through a 32x32 pool, not 150,528 weights a unit.
+    small, large = Decoder((1, 32, 32), 7), Decoder((3, 224, 224), 7)
+    first = [next(m for m in d.modules() if isinstance(m, torch.nn.Linear)) for d in (small, large)]
+    assert [layer.in_features for layer in first] == [1 * 32 * 32, 3 * 32 * 32]
+    assert large(torch.randn(2, 3, 224, 224)).shape == (2, 7)
+    assert Decoder((3, 20, 48), 7)(torch.randn(2, 3, 20, 48)).shape == (2, 7)
 
 
 def test_images_are_standardised_per_image_and_channel():

@@ -8,8 +8,10 @@ from dataclasses import replace
 import pytest
 import torch
 
+from kegnet_core import extraction
 from kegnet_core.config import ExtractionConfig
 from kegnet_core.extraction import train_generator
+from kegnet_core.generators import build_generator
 from kegnet_core.sources import TrajectorySource
 
 from .models import TinyCNN
@@ -68,3 +70,31 @@ def test_trajectory_source_draws_from_several_snapshots(trained):
     assert not torch.allclose(final_only.sample(32, torch.Generator().manual_seed(0)), batch)
     with pytest.raises(ValueError, match="snapshot"):
         TrajectorySource([[]], n_classes=3, noise_dim=10)
+
+
+def test_snapshots_past_the_memory_bound_are_thinned_evenly(monkeypatch):
+    # Every 5 steps over 50 would be 10 snapshots; room for 3 keeps every other one (newest
+    # kept) each time it fills, and takes them half as often from then on.
+    config = replace(CONFIG, snapshot_every=5, snapshot_from=5)
+
+    def train() -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        trained = train_generator(
+            TinyCNN().eval(),
+            input_shape=(1, 8, 8),
+            n_classes=3,
+            config=config,
+            seed=0,
+            device=torch.device("cpu"),
+        )
+        return [_weights(snapshot) for snapshot in trained.snapshots]
+
+    every_one = train()
+    assert len(every_one) == 10
+    generator = build_generator((1, 8, 8), 3, config.noise_dim)
+    size = sum(t.numel() * t.element_size() for t in (*generator.parameters(), *generator.buffers()))
+    monkeypatch.setattr(extraction, "SNAPSHOT_BYTES", 3 * size + size // 2)
+    bounded = train()
+    assert len(bounded) == 3
+    for kept, step in zip(bounded, (20, 40, 50), strict=True):
+        assert torch.equal(kept, every_one[step // 5 - 1])
