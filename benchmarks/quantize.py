@@ -109,6 +109,7 @@ def compress_rows(teacher: Teacher, seed: int) -> list[dict[str, Any]]:
             "file_after": report.file_size_after,
             "latency_before_ms": report.latency_ms.before,
             "latency_after_ms": report.latency_ms.after,
+            "estimated_loss": report.quality.estimated_loss if report.quality else None,
         },
         {
             **common,
@@ -141,6 +142,11 @@ def cpu_description() -> str:
     return f"{model or platform.machine()} ({', '.join(extensions) or 'no AVX2'})"
 
 
+def _estimate(loss: float | None) -> str:
+    """The report's own estimate of the loss, in points, or that it cannot tell."""
+    return "cannot tell" if loss is None else f"{loss * 100:.2f}"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     tucker_files = {
@@ -150,9 +156,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         f"Measured {stamp} on {cpu_description()}, {os.cpu_count()} CPUs by `benchmarks/quantize.py` "
         "(accuracy on each teacher's held-out test split; latency on this CPU, median of 20).",
         "",
-        "| teacher | approach | seed | calibration | accuracy (teacher) | loss, points | file (teacher) | "
-        "vs Tucker's file | batch 64 latency (teacher) | ONNX max diff | wall |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| teacher | approach | seed | calibration | accuracy (teacher) | loss, points | report's estimate | "
+        "file (teacher) | vs Tucker's file | batch 64 latency (teacher) | ONNX max diff | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         before, after = row["latency_before_ms"], row.get("latency_after_ms") or {}
@@ -168,7 +174,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {row['member']} | {row['approach']} | {row['seed']} | "
             f"{row.get('calibration', row.get('prior', ''))} | "
             f"{row['accuracy'] * 100:.2f}% ({row['teacher_accuracy'] * 100:.2f}%) | "
-            f"{row['loss_points']:.2f} | "
+            f"{row['loss_points']:.2f} | {_estimate(row.get('estimated_loss'))} | "
             f"{row['file_after'] / 1024:.0f} KiB ({row['file_before'] / 1024:.0f} KiB) | "
             f"{smaller} | {speed} | "
             f"{'–' if onnx is None else f'{onnx:.1e}'} | {row['wall_s']:.0f} s |"
@@ -177,12 +183,11 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         groups.setdefault((row["member"], row["approach"]), []).append(row["loss_points"])
     if any(len(losses) > 1 for losses in groups.values()):
-        lines += ["", "| teacher | approach | loss, points: mean ± std (seeds) |", "|---|---|---|"]
+        lines += ["", "| teacher | approach | loss, points: mean ± sample std (seeds) |", "|---|---|---|"]
         for (member, approach), losses in groups.items():
-            lines.append(
-                f"| {member} | {approach} | {statistics.fmean(losses):.2f} ± "
-                f"{statistics.pstdev(losses):.2f} ({len(losses)}) |"
-            )
+            spread = statistics.stdev(losses) if len(losses) > 1 else 0.0
+            mean = statistics.fmean(losses)
+            lines.append(f"| {member} | {approach} | {mean:.2f} ± {spread:.2f} ({len(losses)}) |")
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from kegnet_core.config import DistillConfig
 from kegnet_core.losses import distillation_loss
+from kegnet_core.memory import chunks, fit_chunk, free_bytes, per_sample_bytes
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
 from kegnet_core.sources import PoolSource, SampleSource
 
@@ -39,6 +40,7 @@ class DistillResult:
     best_divergence: float = math.inf
     best_agreement: float = 0.0
     resumed_from: int = 0  # the step a checkpoint resumed this run at (0: from the start)
+    chunk: int = 0  # inputs per forward pass where a batch did not fit in memory at once (0: it did)
     stopped_at_deadline: int = 0  # the step a time budget's deadline stopped the run at (0: none)
 
 
@@ -91,17 +93,20 @@ class _LayerOutputs:
 
 
 def feature_loss(
-    student_outputs: dict[str, torch.Tensor], teacher_outputs: dict[str, torch.Tensor]
+    student_outputs: dict[str, torch.Tensor],
+    teacher_outputs: dict[str, torch.Tensor],
+    scales: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Mean squared error of each compressed layer's output, relative to its variance.
 
     The factorised layers keep their names, so the student's ``conv3`` output
     can be held to the teacher's ``conv3`` output: a far richer signal per
-    sample than the ten class scores.
+    sample than the ten class scores.  ``scales`` (the variances) are taken from the targets
+    unless given (a batch seen in chunks gives the whole batch's).
     """
     losses = []
     for name, target in teacher_outputs.items():
-        scale = target.detach().var().clamp_min(1e-8)
+        scale = target.detach().var().clamp_min(1e-8) if scales is None else scales[name]
         losses.append(torch.nn.functional.mse_loss(student_outputs[name], target.detach()) / scale)
     return torch.stack(losses).mean()
 
@@ -141,6 +146,47 @@ def cache_teacher(
     return TeacherCache(torch.cat(logits), {name: torch.cat(parts) for name, parts in features.items()})
 
 
+def batch_backward(
+    student: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    config: DistillConfig,
+    *,
+    chunk: int,
+    taps: _LayerOutputs | None = None,
+    teacher_features: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Add to the student's gradients those of the batch's distillation loss; the loss, detached.
+
+    The loss is KL to the teacher's logits (a mean over the batch) plus, with ``taps`` and
+    ``teacher_features``, the matched layers' error relative to their variance over the
+    batch.  In chunks of ``chunk`` inputs each chunk's terms are weighed by its share of the
+    batch and the variances are the whole batch's, so the gradients add up to the same.
+    """
+    parts = chunks(len(inputs), chunk)
+    if len(parts) == 1:
+        loss = distillation_loss(student(inputs), targets, config.temperature)
+        if taps is not None and teacher_features is not None:
+            loss = loss + config.feature_weight * feature_loss(taps.outputs, teacher_features)
+        loss.backward()
+        return loss.detach()
+    scales = (
+        {name: target.detach().var().clamp_min(1e-8) for name, target in teacher_features.items()}
+        if teacher_features is not None
+        else None
+    )
+    total = inputs.new_zeros(())
+    for part in parts:
+        share = (part.stop - part.start) / len(inputs)
+        loss = distillation_loss(student(inputs[part]), targets[part], config.temperature)
+        if taps is not None and teacher_features is not None:
+            chunk_features = {name: target[part] for name, target in teacher_features.items()}
+            loss = loss + config.feature_weight * feature_loss(taps.outputs, chunk_features, scales)
+        (loss * share).backward()
+        total = total + loss.detach() * share
+    return total
+
+
 def _set_cosine_rate(optimizer: torch.optim.Optimizer, config: DistillConfig, fraction: float) -> None:
     """The learning rate ``fraction`` of the way along the run's cosine (constant without
     ``final_learning_rate``)."""
@@ -163,6 +209,7 @@ def distill_student(
     resume: dict[str, Any] | None = None,
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
     deadline: float | None = None,
+    chunk: int | None = None,
 ) -> DistillResult:
     """Train ``student`` in place; on return it holds its best weights.
 
@@ -176,6 +223,9 @@ def distill_student(
     its learning rate follows the cosine over the time left rather than over the steps, it
     checks the student once more and stops at the deadline, and ``config.steps`` is only the
     most it may take; progress totals are extrapolated from the time used.
+
+    A batch larger than the device's free memory holds (or than ``chunk``) goes through the
+    student in chunks whose gradients add up to the whole batch's (:func:`batch_backward`).
     """
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
@@ -212,6 +262,15 @@ def distill_student(
         else None
     )
     result = DistillResult()
+    if chunk is None:
+        shape, device = held_out.shape[1:], held_out.device
+        chunk = fit_chunk(
+            config.batch_size,
+            per_sample_bytes(lambda count: student(torch.zeros(count, *shape, device=device))),
+            free_bytes(device),
+        )
+    if chunk < config.batch_size:
+        result.chunk = chunk
     best_state = copy.deepcopy(student.state_dict())
     result.best_divergence = divergence(student, held_out, held_out_logits)
     result.best_agreement = agreement(student, held_out, held_out_classes)
@@ -255,11 +314,16 @@ def distill_student(
             with torch.no_grad():
                 targets = teacher(inputs)
             teacher_features = teacher_taps.outputs
-        loss = distillation_loss(student(inputs), targets, config.temperature)
-        if use_features:
-            loss = loss + config.feature_weight * feature_loss(student_taps.outputs, teacher_features)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = batch_backward(
+            student,
+            inputs,
+            targets,
+            config,
+            chunk=chunk,
+            taps=student_taps if use_features else None,
+            teacher_features=teacher_features if use_features else None,
+        )
         optimizer.step()
         if schedule is not None:
             schedule.step()

@@ -102,3 +102,26 @@ def batch_norm_distance(inputs: Sequence[torch.Tensor], stats: Sequence[BatchNor
             + torch.linalg.vector_norm(var - layer.running_var.to(x.device))
         )
     return total
+
+
+Moments = tuple[torch.Tensor, torch.Tensor, int]
+
+
+def channel_moments(x: torch.Tensor) -> Moments:
+    """Per channel: the sum and the sum of squares over every other axis, and their count."""
+    dims = [0, *range(2, x.dim())]
+    return x.sum(dim=dims), x.square().sum(dim=dims), x.numel() // max(x.size(1), 1)
+
+
+def moments_distance(moments: Sequence[Moments], stats: Sequence[BatchNormStats]) -> torch.Tensor:
+    """:func:`batch_norm_distance` from each layer's summed moments (a batch seen in chunks)."""
+    total = moments[0][0].new_zeros(()) if moments else torch.zeros(())
+    for (sums, squares, count), layer in zip(moments, stats, strict=True):
+        mean = sums / count
+        var = (squares / count - mean.square()).clamp_min(0)
+        total = (
+            total
+            + torch.linalg.vector_norm(mean - layer.running_mean.to(mean.device))
+            + torch.linalg.vector_norm(var - layer.running_var.to(mean.device))
+        )
+    return total

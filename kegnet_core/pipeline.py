@@ -325,6 +325,8 @@ def _compress_pipeline(validated: stages.Validated, run: _Run) -> None:
                 report.history["resumed_distillation_at"] = result.resumed_from
             if result.stopped_at_deadline:
                 report.history["stopped_at_deadline"] = result.stopped_at_deadline
+            if result.chunk:
+                report.history["distillation_chunk"] = result.chunk
             if run.budget is not None:
                 report.budget = {
                     **(report.budget or {}),

@@ -39,7 +39,7 @@ from kegnet_core.errors import ModelRunError, SpecError, UnsupportedModelError
 from kegnet_core.export import optimised_for_inference, save_generator, save_student
 from kegnet_core.extraction import TrainedGenerator, extract_generators
 from kegnet_core.images import class_grid, latent_walk, sample_grid, save_png
-from kegnet_core.inspection import batch_norm_stats
+from kegnet_core.inspection import BatchNormTap, batch_norm_stats
 from kegnet_core.loading import load_classifier
 from kegnet_core.measure import count_macs, cpu_latency_ms, layer_latency_ms, measurement_s, parameter_count
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
@@ -74,7 +74,7 @@ from kegnet_core.sources import (
     resolve_prior,
 )
 from kegnet_core.spec import CompressionSpec, Prior, Quantize, Task
-from kegnet_core.synthesis import synthesise
+from kegnet_core.synthesis import synthesis_chunk, synthesise
 from kegnet_core.tucker import (
     AUTO_RATIO,
     CompressionPlan,
@@ -330,6 +330,11 @@ def extract(
     if saved:
         extracted.history["resumed"] = True
 
+    chunk = synthesis.batch_size
+    if train_inputs or probe_inputs:
+        tap = BatchNormTap(validated.teacher)
+        chunk = synthesis_chunk(tap, validated.input_shape, synthesis.batch_size, device)
+
     def synthesised(
         part: str, inputs: int, seed: int, offset: int, detail: str, deadline: float | None = None
     ) -> torch.Tensor:
@@ -354,13 +359,17 @@ def extract(
             finished=[batch.to(device) for batch in before.get("batches", [])],
             on_batch=keep,
             deadline=deadline,
+            chunk=chunk,
         )
 
     if train_inputs:
         extracted.synthesised = synthesised(
             "synthesis", train_inputs, spec.seed + 31337, 0, "synthesising inputs", inputs_deadline
         )
-        extracted.history["synthesis"] = {"samples": len(extracted.synthesised), "steps": per_batch}
+        record = {"samples": len(extracted.synthesised), "steps": per_batch}
+        if chunk < synthesis.batch_size:  # a batch did not fit in memory at once
+            record["chunk"] = chunk
+        extracted.history["synthesis"] = record
     if probe_inputs:
         extracted.probes = synthesised(
             "probes", probe_inputs, spec.seed + 271828, train_steps, "synthesising probes"

@@ -271,3 +271,23 @@ def test_default_ranks_are_chosen_again_from_the_synthesised_inputs(tiny_cnn, tm
     fixed = _spec(ranks={"block.0": [4, 4]}, overrides={"tucker.activation_ranks": True})
     assert run(tiny_cnn, fixed, tmp_path / "fixed", measure_latency=False).ranks == {"block.0": [4, 4]}
     assert not calls
+
+
+def test_a_batch_too_big_for_memory_runs_in_chunks(tiny_cnn, tmp_path, monkeypatch):
+    """With next to no free memory every batch runs one input at a time; the gradients add up to
+    the same, so the student is the one a roomy machine makes (to float rounding)."""
+    import kegnet_core.distill as distill
+    import kegnet_core.synthesis as synthesis
+
+    roomy = run(tiny_cnn, _spec(), tmp_path / "roomy", measure_latency=False, device="cpu")
+    monkeypatch.setattr(synthesis, "free_bytes", lambda device: 1)
+    monkeypatch.setattr(distill, "free_bytes", lambda device: 1)
+    tight = run(tiny_cnn, _spec(), tmp_path / "tight", measure_latency=False, device="cpu")
+    recipe = _spec().recipe()
+    assert "chunk" not in roomy.history["synthesis"] and "distillation_chunk" not in roomy.history
+    assert tight.history["synthesis"]["chunk"] == 1 and tight.history["distillation_chunk"] == 1
+    assert tight.history["synthesis"]["samples"] == recipe.synthesis.samples
+    first = torch.jit.load(str(tmp_path / "roomy" / "student.pt")).state_dict()
+    second = torch.jit.load(str(tmp_path / "tight" / "student.pt")).state_dict()
+    for key, value in first.items():
+        torch.testing.assert_close(second[key], value, rtol=1e-2, atol=1e-3)
