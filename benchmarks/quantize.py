@@ -144,7 +144,7 @@ def cpu_description() -> str:
 
 def _estimate(loss: float | None) -> str:
     """The report's own estimate of the loss, in points, or that it cannot tell."""
-    return "cannot tell" if loss is None else f"{loss * 100:.2f}"
+    return "cannot tell" if loss is None else f"{loss:.2f}"
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

@@ -20,14 +20,15 @@ import copy
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import fx, nn
+from torch.nn import functional as F
 
 from kegnet_core.errors import UnsupportedModelError
-from kegnet_core.export import atomic_save
+from kegnet_core.export import atomic_save, fold_batch_norms
 from kegnet_core.measure import latency_figure_s
 from kegnet_core.sources import SampleSource
 
@@ -90,7 +91,7 @@ def quantize_int8(model: nn.Module, calibration: Sequence[torch.Tensor]) -> nn.M
         raise UnsupportedModelError(f"this torch build has no {QUANTIZED_ENGINE} int8 kernels")
     if torch.backends.quantized.engine != QUANTIZED_ENGINE:
         torch.backends.quantized.engine = QUANTIZED_ENGINE
-    float_model = _views_as_reshapes(copy.deepcopy(model).cpu().eval())
+    float_model, _ = quantisable_form(model)
     example = (calibration[0][:1],)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's notice that PT2E moved to torchao
@@ -104,25 +105,69 @@ def quantize_int8(model: nn.Module, calibration: Sequence[torch.Tensor]) -> nn.M
             raise UnsupportedModelError(f"the student could not be quantised to int8: {exc}") from exc
 
 
-def _views_as_reshapes(model: nn.Module) -> nn.Module:
-    """``view`` needs a contiguous tensor, and int8 kernels return channels-last ones; ``reshape``
-    is the same where a view is possible and copies where not."""
-    if isinstance(model, fx.GraphModule):
-        changed = False
-        for node in model.graph.nodes:
-            if node.op == "call_method" and node.target == "view":
-                node.target = "reshape"
-                changed = True
-            elif node.op == "call_function" and node.target in (
-                torch.Tensor.view,
-                torch.ops.aten.view,
-                torch.ops.aten.view.default,
-            ):
-                node.target = torch.ops.aten.reshape  # what the loader writes views as
-                changed = True
-        if changed:
-            model.recompile()
-    return model
+def _aten(*names: str) -> set[object]:
+    """The packets and default overloads of these aten ops, as the loader's graph calls them."""
+    ops: set[object] = set()
+    for name in names:
+        packet = getattr(torch.ops.aten, name)
+        ops.update({packet, packet.default})
+    return ops
+
+
+# The loader writes a TorchScript model's ops as aten calls, which torch.ao's patterns do not
+# know: there each one becomes a float island (dequantise, run, quantise again) and a convolution
+# followed by ``aten.relu`` is not fused.  These are the same functions as torch.ao knows them.
+_FUNCTIONAL_FORMS: dict[object, Callable[..., object]] = {
+    **dict.fromkeys(_aten("relu"), F.relu),
+    **dict.fromkeys(_aten("max_pool2d"), F.max_pool2d),
+    **dict.fromkeys(_aten("avg_pool2d"), F.avg_pool2d),
+    **dict.fromkeys(_aten("adaptive_avg_pool2d"), F.adaptive_avg_pool2d),
+    **dict.fromkeys(_aten("hardtanh"), F.hardtanh),
+}
+_FLATTEN = {torch.ops.aten.flatten, torch.ops.aten.flatten.using_ints}
+_ADD = {torch.ops.aten.add, torch.ops.aten.add.Tensor}
+_MEAN = {torch.ops.aten.mean, torch.ops.aten.mean.dim}
+_RESHAPE = _aten("view", "reshape") | {torch.Tensor.view}
+
+
+def quantisable_form(model: nn.Module) -> tuple[nn.Module, int]:
+    """``model`` (a copy, on the CPU) in the form torch.ao quantises best, and how many BatchNorm
+    layers were folded: each BatchNorm that reads only a convolution's output folded into it (as
+    the float student file has it), so the convolution, its ReLU and the BatchNorm become one int8
+    kernel; the loader's aten calls written as the functions torch.ao's patterns name (ReLU, pools,
+    flatten, mean, a two-tensor add), so they run on int8 tensors; and views as reshapes, since
+    int8 kernels return channels-last tensors.  The function is the same to float precision.
+
+    Ops that write into their input (the loader marks them) are left as they are."""
+    model = copy.deepcopy(model).cpu().eval()
+    if not isinstance(model, fx.GraphModule):
+        return model, 0
+    model, folded = fold_batch_norms(model)
+    for node in model.graph.nodes:
+        if node.meta.get("mutates", False):
+            continue
+        if node.op == "call_method" and node.target == "view":
+            node.target = "reshape"
+        elif node.op != "call_function":
+            continue
+        elif node.target in _FUNCTIONAL_FORMS:
+            node.target = _FUNCTIONAL_FORMS[node.target]
+        elif node.target in _FLATTEN:
+            node.target = torch.flatten
+        elif node.target in _RESHAPE and len(node.args) == 2 and not node.kwargs:
+            node.op, node.target = "call_method", "reshape"
+        elif (
+            node.target in _ADD
+            and len(node.args) == 2
+            and all(isinstance(arg, fx.Node) for arg in node.args)
+            and node.kwargs.get("alpha", 1) == 1
+        ):
+            node.target = torch.add
+        elif node.target in _MEAN and not node.kwargs and (len(node.args) < 4 or node.args[3] is None):
+            node.target, node.args = torch.mean, tuple(node.args[:3])
+    model.graph.lint()
+    model.recompile()
+    return model, folded
 
 
 def save_int8(quantized: nn.Module, path: str | Path, input_shape: Sequence[int]) -> torch.jit.ScriptModule:

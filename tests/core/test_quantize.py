@@ -17,7 +17,13 @@ from kegnet_core.archive import inspect_torchscript_archive
 from kegnet_core.errors import SpecError, UnsupportedModelError
 from kegnet_core.loading import load_classifier
 from kegnet_core.pipeline import run
-from kegnet_core.quantize import calibration_batches, export_onnx, quantize_int8, save_int8
+from kegnet_core.quantize import (
+    calibration_batches,
+    export_onnx,
+    quantisable_form,
+    quantize_int8,
+    save_int8,
+)
 from kegnet_core.report import Report
 from kegnet_core.spec import CompressionSpec
 from kegnet_core.tucker import apply_plan, plan_compression
@@ -97,6 +103,20 @@ def test_the_int8_student_is_a_smaller_file_that_plain_torch_runs(student, tmp_p
     )
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert json.loads(fresh.stdout) == [[1, 10], [9, 10]]
+
+
+def test_batchnorm_relu_pools_and_the_residual_add_run_in_int8_not_between_float_islands(student, tmp_path):
+    form, folded = quantisable_form(student)
+    assert folded == 1  # c1's BatchNorm; nothing else normalises
+    x = torch.randn(16, *SHAPE, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.allclose(form(x), student(x), atol=1e-5)
+    code = save_int8(quantize_int8(student, _gaussian(4)), tmp_path / "int8.pt", SHAPE).code
+    assert "batch_norm" not in code
+    assert code.count("conv2d_relu") == 3  # c1 + b1 + ReLU, and each ReLU after a convolution
+    assert "quantized.add" in code
+    # Quantised once at the input, dequantised once at the output: no float op in between.
+    assert code.count("torch.quantize_per_tensor(") == 1 and code.count("torch.dequantize(") == 1
 
 
 def test_calibration_on_the_inputs_the_model_sees_beats_calibration_on_the_wrong_scale(student):
