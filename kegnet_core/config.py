@@ -168,12 +168,21 @@ class DistillConfig:
     floor_steps: int = 200
     small_batch_size: int = 64
     small_batch_below: int = 1000
+    # A small teacher's student takes more steps where they draw fresh inputs: as many as
+    # ``grow_work`` teacher MACs buy at its batch size, up to ``max_steps`` (docs/design.md,
+    # the default recipe, item 5).  None: ``steps`` as they are.
+    grow_work: float | None = None
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
         _check_positive(self, "steps", "batch_size", "learning_rate", "temperature", "eval_every")
         _check_positive(self, "eval_samples", "floor_steps", "small_batch_size", "small_batch_below")
         if self.work_limit is not None and self.work_limit <= 0:
             raise ValueError("distill.work_limit must be above 0 or null")
+        if self.grow_work is not None and self.grow_work <= 0:
+            raise ValueError("distill.grow_work must be above 0 or null")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError("distill.max_steps must be at least 1 or null")
         _check_at_least(self, 0, "feature_weight", "min_steps")
         if self.pool_batches is not None and self.pool_batches < 1:
             raise ValueError(f"distill.pool_batches must be at least 1 or null, got {self.pool_batches}")
@@ -222,10 +231,17 @@ def fit_synthesis(config: SynthesisConfig, macs: int) -> SynthesisConfig:
     return replace(config, samples=samples, probe_samples=probes, steps=steps)
 
 
-def fit_distillation(config: DistillConfig, macs: int) -> DistillConfig:
-    """``config`` with fewer steps (and, when few are left, smaller batches) where the whole run
-    would pass its work limit."""
-    if config.work_limit is None or macs <= 0:
+def fit_distillation(config: DistillConfig, macs: int, *, grow: bool = True) -> DistillConfig:
+    """``config`` with more steps where the teacher is small and ``grow`` (up to ``max_steps``, as
+    many as ``grow_work`` buys), fewer (and, when few are left, smaller batches) where the whole
+    run would pass its work limit."""
+    if macs <= 0:
+        return config
+    if grow and config.grow_work is not None and config.max_steps is not None:
+        grown = min(config.max_steps, int(config.grow_work / (macs * config.batch_size)))
+        if grown > config.steps:
+            config = replace(config, steps=grown)
+    if config.work_limit is None:
         return config
     samples = config.work_limit / macs  # inputs the student may see
     if samples >= config.steps * config.batch_size:
@@ -268,6 +284,11 @@ PAPER = Recipe(
 # finishes in well under 10 minutes (docs/benchmarks.md, the suite's stage times).
 DEFAULT_SYNTHESIS_WORK = 4e12
 DEFAULT_DISTILL_WORK = 1.2e12
+# A student of a teacher this cheap takes more steps than the recipe's 1,500: as many as
+# DEFAULT_GROW_WORK buys (LeNet5, 0.42 MMACs: 9,300 steps; a teacher of 2.6 MMACs or more keeps
+# 1,500), at most DEFAULT_MAX_STEPS.
+DEFAULT_GROW_WORK = 5e11
+DEFAULT_MAX_STEPS = 12_000
 
 # feature_weight: each factorised layer's output held to the original layer's on
 # the same inputs, beside the KL on logits (docs/design.md).
@@ -284,6 +305,8 @@ _DEFAULT_DISTILL = DistillConfig(
     min_steps=0,
     work_limit=DEFAULT_DISTILL_WORK,
     floor_steps=300,
+    grow_work=DEFAULT_GROW_WORK,
+    max_steps=DEFAULT_MAX_STEPS,
 )
 
 DEFAULT = Recipe(
@@ -292,8 +315,8 @@ DEFAULT = Recipe(
     "evidence and BatchNorm statistics, 300 Adam steps), the Tucker factors fitted to them, and 256 more "
     "held out as probes for the quality estimate, and the Tucker ranks and factors chosen from what those "
     "inputs show in each layer; without BatchNorm, procedural images (or Gaussian "
-    "vectors); the student distilled for 1,500 steps of 128 (KL, Adam 1e-3, cosine); big teachers get "
-    "fewer steps within a fixed amount of work.",
+    "vectors); the student distilled for 1,500 steps of 128 (KL, Adam 1e-3, cosine); small teachers get "
+    "more steps (up to 12,000), big ones fewer, within a fixed amount of work.",
     extraction=ExtractionConfig(
         generators=2,
         epochs=20,
@@ -387,6 +410,11 @@ def get_recipe(name: str, overrides: Mapping[str, Any] | None = None) -> Recipe:
             raise ValueError(f"unknown setting {key!r}; {section} has {', '.join(fields)}")
         checked = _typed(key, value, getattr(current, setting), fields[setting].type)
         recipe = replace(recipe, **{section: replace(current, **{setting: checked})})
+    for section in ("distill", "baseline_distill"):
+        # Steps the user names are the steps run (a big teacher's work limit still cuts them).
+        growth = {f"{section}.{setting}" for setting in ("grow_work", "max_steps")}
+        if f"{section}.steps" in given and not growth & given.keys():
+            recipe = replace(recipe, **{section: replace(getattr(recipe, section), max_steps=None)})
     return recipe
 
 

@@ -620,14 +620,17 @@ def distill(
     directions on what real inputs never excite (docs/design.md, the default recipe, item 4).
     With ``checkpoints``, the run's state is saved at every check, and a run
     that finds it there goes on from it.  A time budget passes its own ``config`` (steps fitted to
-    the time left) and the ``deadline`` the run stops at; otherwise the prior's settings are cut to
-    their work limit."""
+    the time left) and the ``deadline`` the run stops at; otherwise the prior's settings are fitted
+    to the teacher's size: cut to their work limit, and, where every step draws fresh inputs
+    (not the fixed pool of synthesised ones), grown for a small teacher."""
     prior = validated.prior
     if prior is Prior.NONE:
         return None
     assert validated.plan is not None
     if config is None:
-        config = fit_distillation(prior_distill_config(validated, recipe), validated.macs)
+        config = fit_distillation(
+            prior_distill_config(validated, recipe), validated.macs, grow=not needs_synthesis(prior)
+        )
     source = build_source(prior, source_context(validated, extracted, recipe), trajectory=True)
     rng = torch.Generator(device).manual_seed(spec.seed + 7919)
     return distill_student(

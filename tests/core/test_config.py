@@ -84,3 +84,38 @@ def test_distillation_steps_shrink_with_the_teacher():
     assert fitted.batch_size == config.small_batch_size and 600 <= fitted.steps < 1000
     assert fitted.steps * fitted.batch_size * 26_400_000 <= 1.2e12
     assert fit_distillation(config, 10**10).steps == config.floor_steps
+
+
+def test_a_small_teachers_student_takes_more_steps_within_the_growth_work():
+    config = DistillConfig(
+        steps=1500, batch_size=128, work_limit=1.2e12, floor_steps=300, grow_work=5e11, max_steps=12_000
+    )
+    lenet = fit_distillation(config, 420_000)  # LeNet5's MACs per input
+    assert config.steps < lenet.steps < 12_000
+    assert lenet.steps * 128 * 420_000 <= 5e11 < (lenet.steps + 1) * 128 * 420_000
+    # A tiny MLP is capped; a teacher the growth work does not stretch keeps its steps.
+    assert fit_distillation(config, 80_000).steps == 12_000
+    assert fit_distillation(config, 2_900_000).steps == config.steps
+    # A big teacher is still cut by the work limit, growth or not.
+    big = fit_distillation(config, 26_400_000)
+    plain = fit_distillation(
+        DistillConfig(steps=1500, batch_size=128, work_limit=1.2e12, floor_steps=300), 26_400_000
+    )
+    assert (big.steps, big.batch_size) == (plain.steps, plain.batch_size) and big.steps < config.steps
+
+
+def test_steps_a_user_names_are_not_grown():
+    grown = fit_distillation(get_recipe("default").baseline_distill, 420_000)
+    assert grown.steps > get_recipe("default").baseline_distill.steps
+    for section in ("distill", "baseline_distill"):
+        named = get_recipe("default", {"distill.steps": 500})
+        assert fit_distillation(getattr(named, section), 420_000).steps == 500
+    # Naming the cap as well keeps the growth, up to it.
+    capped = get_recipe("default", {"distill.steps": 500, "distill.max_steps": 2000})
+    assert fit_distillation(capped.distill, 420_000).steps == 2000
+
+
+@pytest.mark.parametrize("setting", ["grow_work", "max_steps"])
+def test_growth_settings_must_be_positive(setting):
+    with pytest.raises(ValueError, match=f"distill.{setting}"):
+        DistillConfig(**{setting: 0})
