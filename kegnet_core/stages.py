@@ -627,11 +627,11 @@ def distill(
     if prior is Prior.NONE:
         return None
     assert validated.plan is not None
+    source = build_source(prior, source_context(validated, extracted, recipe), trajectory=True)
     if config is None:
         config = fit_distillation(
-            prior_distill_config(validated, recipe), validated.macs, grow=not needs_synthesis(prior)
+            prior_distill_config(validated, recipe), validated.macs, grow=not isinstance(source, PoolSource)
         )
-    source = build_source(prior, source_context(validated, extracted, recipe), trajectory=True)
     rng = torch.Generator(device).manual_seed(spec.seed + 7919)
     return distill_student(
         student,

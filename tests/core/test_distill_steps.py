@@ -11,6 +11,7 @@ import torch
 
 from kegnet_core import stages
 from kegnet_core.config import DistillConfig
+from kegnet_core.sources import PoolSource
 from kegnet_core.spec import CompressionSpec, Prior
 from tests.core.test_student_speed import SHAPE, _validated
 
@@ -25,7 +26,12 @@ def _distilled_config(
 
     monkeypatch.setattr(stages, "distill_student", capture)
     monkeypatch.setattr(stages, "source_context", lambda *args: None)
-    monkeypatch.setattr(stages, "build_source", lambda *args, **kwargs: None)
+
+    # The synthesised inputs are a fixed pool; the other priors draw fresh inputs every step.
+    def source(prior: Prior, context: Any, **kwargs: Any) -> Any:
+        return PoolSource(torch.zeros(1, *SHAPE), "synthesis") if prior is Prior.SYNTHESIS else None
+
+    monkeypatch.setattr(stages, "build_source", source)
     validated = replace(validated, prior=prior, macs=macs)
     spec = CompressionSpec(input_shape=SHAPE)
     stages.distill(
