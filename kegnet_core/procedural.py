@@ -66,8 +66,11 @@ def dead_leaves(
     box = (dy.abs() < radius) & (dx.abs() < radius)
     covered = torch.where(square, box, disc)  # (N, S, H, W)
     # The last shape over each pixel, or -1 (the background) where none is.
-    order = torch.arange(1, shapes + 1, device=device).view(1, shapes, 1, 1)
-    top = (covered * order).amax(dim=1) - 1  # (N, H, W)
+    # In bytes where the shapes' numbers fit: the (N, S, H, W) product and its max are most of
+    # the draw's time, and in int64 they took five times as long (the same images).
+    order_type = torch.uint8 if shapes < 256 else torch.int64
+    order = torch.arange(1, shapes + 1, device=device, dtype=order_type).view(1, shapes, 1, 1)
+    top = (covered * order).amax(dim=1).long() - 1  # (N, H, W)
     background = _colours(count, channels, rng).view(count, channels, 1)
     fills = _colours(count * shapes, channels, rng).view(count, shapes, channels).transpose(1, 2)
     palette = torch.cat((background, fills), dim=2)  # (N, C, 1 + S): background first

@@ -33,6 +33,35 @@ def test_dead_leaves_are_flat_shapes_that_occlude():
     assert min(levels) >= 4
 
 
+@pytest.mark.parametrize("shapes", [40, 300])  # shape numbers in bytes, and past a byte
+def test_each_pixel_takes_the_last_shape_drawn_over_it(shapes):
+    """The vectorised draw equals painting the shapes one after another on the background."""
+    count, height, width = 4, 12, 10
+    images = dead_leaves(count, (1, height, width), torch.Generator().manual_seed(5), shapes=shapes)
+    # Replay the draw's random numbers in its order, then paint shape by shape.
+    rng = torch.Generator().manual_seed(5)
+    centre_y = torch.rand(count, shapes, generator=rng) * height
+    centre_x = torch.rand(count, shapes, generator=rng) * width
+    low, high = 1.0, 0.4 * max(height, width)
+    radius = (low**-2 - torch.rand(count, shapes, generator=rng) * (low**-2 - high**-2)) ** -0.5
+    square = torch.rand(count, shapes, generator=rng) < 0.3
+    background = torch.rand(count, generator=rng)
+    fills = torch.rand(count * shapes, generator=rng).view(count, shapes)
+    rows = torch.arange(height, dtype=torch.float32).view(height, 1)
+    cols = torch.arange(width, dtype=torch.float32).view(1, width)
+    for n in range(count):
+        painted = background[n].expand(height, width).clone()
+        for s in range(shapes):
+            dy, dx = rows - centre_y[n, s], cols - centre_x[n, s]
+            r = radius[n, s]
+            inside = (dy.abs() < r) & (dx.abs() < r) if square[n, s] else dy.square() + dx.square() < r * r
+            painted[inside] = fills[n, s]
+        flat = painted.flatten()
+        expected = (flat - flat.mean()) / flat.std().clamp_min(1e-6)
+        # Same grey levels in the same places, up to the standardisation's rounding.
+        assert torch.allclose(images[n, 0].flatten(), expected, atol=1e-4)
+
+
 def test_pink_noise_has_more_power_at_low_frequencies():
     images = pink_noise(64, (1, 32, 32), torch.Generator().manual_seed(3))
     power = torch.fft.rfft2(images[:, 0]).abs().square().mean(0)  # (32, 17)
