@@ -90,6 +90,8 @@ def pink_noise(
     """
     channels, height, width = _image_shape(input_shape)
     device = rng.device
+    if count == 0:  # the FFT refuses an empty batch; a source's share of a tiny one can be empty
+        return torch.empty(0, channels, height, width, device=device)
     fy = torch.fft.fftfreq(height, device=device).view(-1, 1)
     fx = torch.fft.rfftfreq(width, device=device).view(1, -1)
     frequency = torch.sqrt(fy.square() + fx.square()).clamp_min(1.0 / max(height, width))

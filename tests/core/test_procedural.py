@@ -81,6 +81,14 @@ def test_the_procedural_source_draws_a_third_of_each_kind():
     assert caught.value.field == "prior"
 
 
+@pytest.mark.parametrize("count", [0, 1, 2, 5])
+def test_the_procedural_source_draws_batches_of_any_size(count):
+    # A batch under three leaves some kinds none (the 1/f noise's FFT refused an empty batch).
+    batch = ProceduralSource((1, 16, 16)).sample(count, torch.Generator().manual_seed(6))
+    assert batch.shape == (count, 1, 16, 16) and torch.isfinite(batch).all()
+    assert pink_noise(0, (3, 8, 8), torch.Generator().manual_seed(6)).shape == (0, 3, 8, 8)
+
+
 @pytest.mark.parametrize(
     ("batch_norms", "shape", "expected"),
     [
