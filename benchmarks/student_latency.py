@@ -14,7 +14,12 @@ second student with the layers that time slower factorised kept dense
 (``tucker.keep_slower_dense``, off in every preset) shows what that adds.  It
 also checks that each optimised form gives the saved one's outputs.
 
+Besides the suite's members, ``--large`` times the real-size architectures of
+``benchmarks/large_models.py`` (seeded random weights: only their shape
+matters here) at the input sizes named, e.g. ``resnet18@32 resnet18@224``.
+
     python benchmarks/student_latency.py --members photos-vgg photos-resnet14 --write docs/benchmarks.md
+    python benchmarks/student_latency.py --members --large resnet18@32 mobilenet_v2@224
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.docs_section import write_section  # noqa: E402
+from benchmarks.large_models import MODELS, make_teacher  # noqa: E402
 from benchmarks.suite_teachers import MEMBERS, available, load_teacher  # noqa: E402
 from kegnet_core.measure import cpu_latency_ms  # noqa: E402
 from kegnet_core.pipeline import run  # noqa: E402
@@ -48,18 +54,32 @@ def forms(model: torch.jit.ScriptModule) -> dict[str, torch.jit.ScriptModule]:
     }
 
 
-def measure(name: str) -> list[str]:
+def measure_member(name: str) -> list[str]:
     teacher = load_teacher(name)
-    shape = teacher.member.input_shape
+    return measure(f"`{name}`", teacher.path, tuple(teacher.member.input_shape))
+
+
+def measure_large(entry: str) -> list[str]:
+    """``entry`` is ``model@size``: that architecture at 3 x size x size, seeded random weights."""
+    model, _, size = entry.partition("@")
+    shape = (3, int(size), int(size))
+    with tempfile.TemporaryDirectory() as folder:
+        path = make_teacher(model, Path(folder) / f"{model}.pt", seed=0, input_shape=shape)
+        return measure(f"{model} at {shape[1]}x{shape[2]}", path, shape)
+
+
+def measure(label_of_teacher: str, path: Path, shape: tuple[int, ...]) -> list[str]:
     rows = []
-    models = {"teacher": torch.jit.load(str(teacher.path)).eval()}
+    models = {"teacher": torch.jit.load(str(path)).eval()}
     # No probes: nothing here reads the quality estimate.
     quiet = {"synthesis.probe_samples": 0}
     variants = (("student", quiet), ("slower layers dense", {**quiet, "tucker.keep_slower_dense": True}))
     for label, overrides in variants:
-        spec = CompressionSpec.model_validate({"input_shape": shape, "prior": "none", "overrides": overrides})
+        spec = CompressionSpec.model_validate(
+            {"input_shape": list(shape), "prior": "none", "overrides": overrides}
+        )
         with tempfile.TemporaryDirectory() as out:
-            report = run(teacher.path, spec, out, device="cpu", measure_latency=False)
+            report = run(path, spec, out, device="cpu", measure_latency=False)
             kept = len(report.student_form.kept_dense) if report.student_form else 0
             models[f"{label} ({report.compression_ratio:.2f}x, {kept} kept dense)"] = torch.jit.load(
                 str(Path(out) / "student.pt")
@@ -73,7 +93,7 @@ def measure(name: str) -> list[str]:
                 difference = float((variant(x) - reference).abs().max())
             times = [cpu_latency_ms(variant, shape, batch) for batch in (1, 64)]
             cells = [
-                f"`{name}`",
+                label_of_teacher,
                 label,
                 form,
                 f"{times[0]:.2f} ms",
@@ -89,23 +109,42 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--members", nargs="+", choices=list(MEMBERS), default=["photos-vgg", "photos-resnet14"]
+        "--members", nargs="*", choices=list(MEMBERS), default=["photos-vgg", "photos-resnet14"]
+    )
+    parser.add_argument(
+        "--large",
+        nargs="*",
+        default=[],
+        help=f"real-size architectures as model@size, model one of {', '.join(MODELS)}",
     )
     parser.add_argument("--write", type=Path, help="write the table into this markdown file")
     args = parser.parse_args()
-    lines = [
-        "| teacher | model | form | batch 1 | batch 64 | max diff to saved |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name in available(args.members):
-        rows = measure(name)
-        lines += rows
-        sys.stdout.write("\n".join(rows) + "\n")
+    for entry in args.large:
+        if entry.partition("@")[0] not in MODELS or not entry.partition("@")[2].isdigit():
+            parser.error(f"--large {entry}: expected model@size with model one of {', '.join(MODELS)}")
+    # The suite's members and the real-size models go to tables of their own, so that timing
+    # one group does not drop the other's rows from the docs.
+    groups = (
+        ("student-latency", measure_member, available(args.members) if args.members else []),
+        ("student-latency-large", measure_large, args.large),
+    )
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-    text = f"Measured {stamp} on {machine} by `benchmarks/student_latency.py`.\n\n" + "\n".join(lines)
-    if args.write:
-        write_section(args.write, "student-latency", text)
+    for section, function, names in groups:
+        if not names:
+            continue
+        lines = [
+            "| teacher | model | form | batch 1 | batch 64 | max diff to saved |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name in names:
+            rows = function(name)
+            lines += rows
+            sys.stdout.write("\n".join(rows) + "\n")
+            sys.stdout.flush()
+        text = f"Measured {stamp} on {machine} by `benchmarks/student_latency.py`.\n\n" + "\n".join(lines)
+        if args.write:
+            write_section(args.write, section, text)
     return 0
 
 

@@ -129,9 +129,11 @@ def _key(row: dict[str, Any]) -> tuple[str, str, str, int]:
 
 
 def load_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows in ``path``, one per key: a later row (``--rerun`` appends) replaces an earlier one."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return list({_key(row): row for row in rows}.values())
 
 
 def _mean_std(values: list[float]) -> str:
