@@ -29,7 +29,9 @@ import os
 import platform
 import sys
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -59,10 +61,18 @@ def measure_member(name: str) -> list[str]:
     return measure(f"`{name}`", teacher.path, tuple(teacher.member.input_shape))
 
 
-def measure_large(entry: str) -> list[str]:
-    """``entry`` is ``model@size``: that architecture at 3 x size x size, seeded random weights."""
-    model, _, size = entry.partition("@")
-    shape = (3, int(size), int(size))
+def large_entry(text: str) -> tuple[str, int]:
+    """``model@size`` from the command line, as (model, size)."""
+    model, _, size = text.partition("@")
+    if model not in MODELS or not size.isdigit():
+        raise argparse.ArgumentTypeError(f"expected model@size with model one of {', '.join(MODELS)}")
+    return model, int(size)
+
+
+def measure_large(entry: tuple[str, int]) -> list[str]:
+    """That architecture at 3 x size x size, with seeded random weights."""
+    model, size = entry
+    shape = (3, size, size)
     with tempfile.TemporaryDirectory() as folder:
         path = make_teacher(model, Path(folder) / f"{model}.pt", seed=0, input_shape=shape)
         return measure(f"{model} at {shape[1]}x{shape[2]}", path, shape)
@@ -115,30 +125,29 @@ def main() -> int:
         "--large",
         nargs="*",
         default=[],
+        type=large_entry,
         help=f"real-size architectures as model@size, model one of {', '.join(MODELS)}",
     )
     parser.add_argument("--write", type=Path, help="write the table into this markdown file")
     args = parser.parse_args()
-    for entry in args.large:
-        if entry.partition("@")[0] not in MODELS or not entry.partition("@")[2].isdigit():
-            parser.error(f"--large {entry}: expected model@size with model one of {', '.join(MODELS)}")
     # The suite's members and the real-size models go to tables of their own, so that timing
     # one group does not drop the other's rows from the docs.
-    groups = (
-        ("student-latency", measure_member, available(args.members) if args.members else []),
-        ("student-latency-large", measure_large, args.large),
+    members = available(args.members) if args.members else []
+    groups: tuple[tuple[str, list[Callable[[], list[str]]]], ...] = (
+        ("student-latency", [partial(measure_member, name) for name in members]),
+        ("student-latency-large", [partial(measure_large, entry) for entry in args.large]),
     )
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-    for section, function, names in groups:
-        if not names:
+    for section, jobs in groups:
+        if not jobs:
             continue
         lines = [
             "| teacher | model | form | batch 1 | batch 64 | max diff to saved |",
             "|---|---|---|---|---|---|",
         ]
-        for name in names:
-            rows = function(name)
+        for job in jobs:
+            rows = job()
             lines += rows
             sys.stdout.write("\n".join(rows) + "\n")
             sys.stdout.flush()
