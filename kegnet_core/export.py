@@ -15,8 +15,9 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -24,7 +25,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from kegnet_core.archive import ArchiveLimits
 from kegnet_core.errors import UnsupportedModelError
-from kegnet_core.tucker import TuckerConv2d
+from kegnet_core.tucker import TuckerConv2d, TuckerLinear, cheapest_exact_form
 
 
 class GeneratorModule(nn.Module):
@@ -102,6 +103,9 @@ class SavedStudent:
     module: torch.jit.ScriptModule
     batch_norms_folded: int
     memory_format: str  # "channels_last" or "contiguous"
+    # Factorised layers stored in another exact form: layer -> "first folded", "last folded", "dense".
+    factor_forms: dict[str, str] = field(default_factory=dict)
+    inference: nn.Module | None = None  # the eager module that was scripted and saved
 
 
 _BATCH_NORM = (torch.ops.aten.batch_norm, torch.ops.aten.batch_norm.default, torch.batch_norm)
@@ -229,6 +233,47 @@ def views_as_reshapes(model: fx.GraphModule) -> fx.GraphModule:
     return model
 
 
+@torch.no_grad()
+def fold_factors(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Module, dict[str, str]]:
+    """``model`` (changed in place) with each factorised layer in its cheapest exact form
+    (:func:`kegnet_core.tucker.cheapest_exact_form`: fewest multiply-accumulates, no more
+    parameters), and which layers changed form.  The function is the same to float precision."""
+    layers = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, (TuckerConv2d, TuckerLinear))
+    }
+    positions: dict[str, tuple[int, int]] = {}
+
+    def recorder(name: str) -> Any:
+        def record(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            if isinstance(module, TuckerConv2d):
+                positions.setdefault(
+                    name, (args[0].shape[-2] * args[0].shape[-1], output.shape[-2] * output.shape[-1])
+                )
+            else:
+                positions.setdefault(name, (1, 1))
+
+        return record
+
+    hooks = [module.register_forward_hook(recorder(name)) for name, module in layers.items()]
+    try:
+        device = next(iter(model.parameters())).device
+        model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    changed = {}
+    for name, layer in layers.items():
+        if name not in positions:
+            continue  # not run on this input: left as trained
+        form = cheapest_exact_form(layer, *positions[name])
+        if form.module is not layer:
+            model.set_submodule(name, form.module)
+            changed[name] = form.name
+    return model, changed
+
+
 def _has_convolutions(model: nn.Module) -> bool:
     return any(parameter.dim() == 4 for parameter in model.parameters())
 
@@ -237,8 +282,9 @@ def save_student(student: nn.Module, path: str | Path, input_shape: Sequence[int
     """Script ``student`` (a copy, on the CPU) in its inference form, check it against the
     trained one, and save it atomically.
 
-    The inference form folds BatchNorm into the convolutions it follows and stores a
-    convolutional model's weights channels-last, which makes PyTorch's CPU convolutions run in
+    The inference form folds BatchNorm into the convolutions it follows, stores each factorised
+    layer in its cheapest exact form (:func:`fold_factors`) and a convolutional model's weights
+    channels-last, which makes PyTorch's CPU convolutions run in
     that layout (1.3-2x faster at batch 64 on the suite's CNNs, docs/benchmarks.md); a model that
     cannot run channels-last (a ``view`` of a convolution's output) is saved as it is laid out.
     The file is still a plain TorchScript model with parameters: callers feed it the usual
@@ -249,21 +295,28 @@ def save_student(student: nn.Module, path: str | Path, input_shape: Sequence[int
     if isinstance(plain, fx.GraphModule):
         model, folded = fold_batch_norms(plain)
         model = views_as_reshapes(model)
+    model, factor_forms = fold_factors(copy.deepcopy(model), input_shape)
     # The fastest form first; last, the student exactly as trained (nothing folded or rewritten).
-    forms: list[tuple[nn.Module, int, str]] = []
+    forms: list[tuple[nn.Module, int, dict[str, str], str]] = []
     if _has_convolutions(model):
-        forms.append((copy.deepcopy(model).to(memory_format=torch.channels_last), folded, "channels_last"))  # type: ignore[call-overload]
-    forms.append((model, folded, "contiguous"))
-    if model is not plain:
-        forms.append((plain, 0, "contiguous"))
+        laid_out = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        forms.append((laid_out, folded, factor_forms, "channels_last"))
+    forms.append((model, folded, factor_forms, "contiguous"))
+    forms.append((plain, 0, {}, "contiguous"))
     failure: Exception | None = None
-    for candidate, candidate_folded, memory_format in forms:
+    for candidate, candidate_folded, candidate_forms, memory_format in forms:
         try:
             loaded = _save_checked(candidate, student, path, input_shape)
         except Exception as exc:  # the next form, or the error below
             failure = exc
             continue
-        return SavedStudent(module=loaded, batch_norms_folded=candidate_folded, memory_format=memory_format)
+        return SavedStudent(
+            module=loaded,
+            batch_norms_folded=candidate_folded,
+            memory_format=memory_format,
+            factor_forms=candidate_forms,
+            inference=candidate,
+        )
     if isinstance(failure, UnsupportedModelError):
         raise failure
     raise UnsupportedModelError(f"the compressed model could not be scripted: {failure}") from failure

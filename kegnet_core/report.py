@@ -115,6 +115,11 @@ class StudentForm(_Model):
     kept_dense: list[KeptDense] = Field(
         default_factory=list, description="layers left dense because their factorised form was slower"
     )
+    factor_forms: dict[str, str] = Field(
+        default_factory=dict,
+        description="factorised layers stored in a form that computes the same with fewer operations "
+        "(layer -> 'first folded', 'last folded' or 'dense')",
+    )
     timing_batch: int | None = Field(None, description="the batch the layers were timed at for that choice")
     summary: str = Field("", description="the above in a sentence, for the job page and the CLI")
 
@@ -129,6 +134,9 @@ class StudentForm(_Model):
             if self.memory_format == "channels_last"
             else "weights stored as laid out",
         ]
+        if self.factor_forms:
+            layers = ", ".join(f"{name} {form}" for name, form in self.factor_forms.items())
+            parts.append(f"factors multiplied together, the same function in fewer operations: {layers}")
         if self.kept_dense:
             layers = ", ".join(
                 f"{layer.name} ({layer.latency_ms[0]:.2f} ms dense, {layer.latency_ms[1]:.2f} ms factorised)"

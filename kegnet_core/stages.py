@@ -793,6 +793,8 @@ def export_student(
     path = layout.path(files.STUDENT.file)
     saved = save_student(student, path, validated.input_shape)
     student_script = saved.module
+    # Layers are timed, and MACs counted, as saved (factors multiplied together where cheaper).
+    inference = saved.inference if saved.inference is not None else student
     layers = [
         LayerReport(
             name=layer.name,
@@ -813,7 +815,7 @@ def export_student(
         optimised = optimised_latency(model_path, path, validated.input_shape)
         timed = layer_latency_ms(
             validated.teacher,
-            student,
+            inference,
             [layer.name for layer in layers],
             validated.input_shape,
             channels_last=saved.memory_format == "channels_last",
@@ -827,6 +829,7 @@ def export_student(
             batch_norms_folded=saved.batch_norms_folded,
             memory_format=saved.memory_format,
             parameters=parameter_count(student_script),
+            factor_forms=saved.factor_forms,
             kept_dense=validated.kept_dense,
             timing_batch=validated.timing_batch,
         ).described(),
@@ -834,7 +837,7 @@ def export_student(
         latency_note=note,
         params_after=parameter_count(student),
         file_size_after=path.stat().st_size,
-        macs_after=count_macs(student, validated.input_shape),
+        macs_after=count_macs(inference, validated.input_shape),
         layers=layers,
         latency=latency,
     )

@@ -241,6 +241,166 @@ class TuckerLinear(nn.Module):
 
 
 # --------------------------------------------------------------------------
+# The same function in fewer operations, for the saved file
+
+
+@dataclass(frozen=True)
+class ExactForm:
+    """One way to store a trained factorised layer that computes the same function: ``"three"``
+    (as trained), ``"first folded"`` (the input 1x1 merged into the core), ``"last folded"``
+    (the output 1x1 merged into the core) or ``"dense"`` (all three multiplied out)."""
+
+    name: str
+    module: nn.Module
+    params: int
+    macs: int  # multiply-accumulates per input at the layer's spatial size
+    calls: int
+
+
+def _conv_from(
+    template: nn.Conv2d,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    stride: tuple[int, int] | None = None,
+) -> nn.Conv2d:
+    """A Conv2d with ``template``'s geometry (its stride unless ``stride`` is given) holding
+    ``weight`` and ``bias``."""
+    conv = nn.Conv2d(
+        weight.shape[1],
+        weight.shape[0],
+        (weight.shape[2], weight.shape[3]),
+        stride=stride or template.stride,  # type: ignore[arg-type]
+        padding=template.padding,  # type: ignore[arg-type]
+        dilation=template.dilation,  # type: ignore[arg-type]
+        bias=bias is not None,
+        padding_mode=template.padding_mode,
+    )
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if bias is not None and conv.bias is not None:
+            conv.bias.copy_(bias)
+    return conv.to(template.weight.device, template.weight.dtype)
+
+
+def _params(*modules: nn.Module) -> int:
+    return sum(parameter.numel() for module in modules for parameter in module.parameters())
+
+
+def _conv_forms(layer: TuckerConv2d, in_positions: int, out_positions: int) -> list[ExactForm]:
+    first = layer.first.weight.detach().double()[:, :, 0, 0]  # (r_in, in)
+    core = layer.core.weight.detach().double()  # (r_out, r_in, kh, kw)
+    last = layer.last.weight.detach().double()[:, :, 0, 0]  # (out, r_out)
+    bias = layer.last.bias.detach() if layer.last.bias is not None else None
+    out_rank, in_rank, kh, kw = core.shape
+    in_channels, out_channels, taps = first.shape[1], last.shape[0], kh * kw
+    # A 1x1 core without padding only subsamples: its stride can move to the first 1x1, which then
+    # runs on the output's positions.
+    pointwise = (kh, kw) == (1, 1) and layer.core.padding in ((0, 0), "valid")
+    first_positions = out_positions if pointwise else in_positions
+    first_stride: tuple[int, int] = layer.core.stride if pointwise else (1, 1)  # type: ignore[assignment]
+    forms = [
+        ExactForm(
+            "three",
+            layer,
+            _params(layer),
+            in_positions * in_channels * in_rank
+            + out_positions * (out_rank * in_rank * taps + out_channels * out_rank),
+            3,
+        )
+    ]
+    merged_first = torch.einsum("oikl,ic->ockl", core, first)
+    a = _conv_from(layer.core, merged_first.float(), None)
+    b = _conv_from(layer.last, last[:, :, None, None].float(), bias)
+    forms.append(
+        ExactForm(
+            "first folded",
+            nn.Sequential(a, b),
+            _params(a, b),
+            out_positions * (out_rank * in_channels * taps + out_channels * out_rank),
+            2,
+        )
+    )
+    merged_last = torch.einsum("co,oikl->cikl", last, core)
+    c = _conv_from(layer.first, first[:, :, None, None].float(), None, stride=first_stride)
+    d = _conv_from(layer.core, merged_last.float(), bias, stride=(1, 1) if pointwise else None)
+    forms.append(
+        ExactForm(
+            "last folded",
+            nn.Sequential(c, d),
+            _params(c, d),
+            first_positions * in_channels * in_rank + out_positions * out_channels * in_rank * taps,
+            2,
+        )
+    )
+    dense = _conv_from(layer.core, torch.einsum("co,oikl,ij->cjkl", last, core, first).float(), bias)
+    forms.append(
+        ExactForm("dense", dense, _params(dense), out_positions * out_channels * in_channels * taps, 1)
+    )
+    return forms
+
+
+def _linear_from(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None and linear.bias is not None:
+            linear.bias.copy_(bias)
+    return linear.to(like.weight.device, like.weight.dtype)
+
+
+def _linear_forms(layer: TuckerLinear) -> list[ExactForm]:
+    first = layer.first.weight.detach().double()  # (r_in, in)
+    core = layer.core.weight.detach().double()  # (r_out, r_in)
+    last = layer.last.weight.detach().double()  # (out, r_out)
+    bias = layer.last.bias.detach() if layer.last.bias is not None else None
+    a, b = (
+        _linear_from((core @ first).float(), None, layer.first),
+        _linear_from(last.float(), bias, layer.last),
+    )
+    c, d = (
+        _linear_from(first.float(), None, layer.first),
+        _linear_from((last @ core).float(), bias, layer.last),
+    )
+    dense = _linear_from((last @ core @ first).float(), bias, layer.last)
+
+    def weights(*modules: nn.Module) -> int:  # multiply-accumulates: the weight matrices' entries
+        return sum(module.weight.numel() for module in modules if isinstance(module, nn.Linear))
+
+    return [
+        ExactForm("three", layer, _params(layer), weights(layer.first, layer.core, layer.last), 3),
+        ExactForm("first folded", nn.Sequential(a, b), _params(a, b), weights(a, b), 2),
+        ExactForm("last folded", nn.Sequential(c, d), _params(c, d), weights(c, d), 2),
+        ExactForm("dense", dense, _params(dense), weights(dense), 1),
+    ]
+
+
+def exact_forms(
+    layer: TuckerConv2d | TuckerLinear, in_positions: int = 1, out_positions: int = 1
+) -> list[ExactForm]:
+    """Every exact form of ``layer``, as trained first (``in_positions`` and ``out_positions``:
+    how many spatial positions a convolution's input and output have)."""
+    if isinstance(layer, TuckerConv2d):
+        return _conv_forms(layer, in_positions, out_positions)
+    return _linear_forms(layer)
+
+
+def cheapest_exact_form(
+    layer: TuckerConv2d | TuckerLinear, in_positions: int = 1, out_positions: int = 1
+) -> ExactForm:
+    """The form of ``layer`` with the fewest multiply-accumulates (then the fewest calls) among
+    those with no more parameters than it has: the model stays at least as small as planned.
+
+    A rank close to its layer's channel count leaves a factor that costs more
+    than it saves: a 24-channel convolution at ranks (23, 23) holds more parameters and MACs
+    than the dense one, and a 1x1 convolution or a Linear never needs its core as a third
+    operation."""
+    forms = exact_forms(layer, in_positions, out_positions)
+    allowed = [form for form in forms if form.params <= forms[0].params]
+    return min(allowed, key=lambda form: (form.macs, form.calls))
+
+
+# --------------------------------------------------------------------------
 # Which layers, which ranks
 
 
