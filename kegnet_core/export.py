@@ -295,14 +295,23 @@ def save_student(student: nn.Module, path: str | Path, input_shape: Sequence[int
     if isinstance(plain, fx.GraphModule):
         model, folded = fold_batch_norms(plain)
         model = views_as_reshapes(model)
-    model, factor_forms = fold_factors(copy.deepcopy(model), input_shape)
+    variants: list[tuple[nn.Module, dict[str, str]]] = []
+    try:
+        factored, factor_forms = fold_factors(copy.deepcopy(model), input_shape)
+        if factor_forms:
+            variants.append((factored, factor_forms))
+    except Exception:  # the factors as trained, below
+        pass
+    variants.append((model, {}))
     # The fastest form first; last, the student exactly as trained (nothing folded or rewritten).
     forms: list[tuple[nn.Module, int, dict[str, str], str]] = []
-    if _has_convolutions(model):
-        laid_out = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        forms.append((laid_out, folded, factor_forms, "channels_last"))
-    forms.append((model, folded, factor_forms, "contiguous"))
-    forms.append((plain, 0, {}, "contiguous"))
+    for variant, variant_forms in variants:
+        if _has_convolutions(variant):
+            laid_out = copy.deepcopy(variant).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            forms.append((laid_out, folded, variant_forms, "channels_last"))
+        forms.append((variant, folded, variant_forms, "contiguous"))
+    if model is not plain:
+        forms.append((plain, 0, {}, "contiguous"))
     failure: Exception | None = None
     for candidate, candidate_folded, candidate_forms, memory_format in forms:
         try:

@@ -27,7 +27,13 @@ class LayerReport(_Model):
     params_before: int
     params_after: int
     latency_ms: list[float] | None = Field(
-        None, description="[dense, factorised] CPU time of this layer alone at batch 64, on its own input"
+        None,
+        description="[dense, as saved] CPU time of this layer alone at batch 64, on its own input",
+    )
+    stored_as: str | None = Field(
+        None,
+        description="how the file holds this layer where not as its three factors: 'first folded', "
+        "'last folded' (an outer 1x1 multiplied into the core) or 'dense' (all three multiplied out)",
     )
 
 

@@ -758,7 +758,11 @@ def latency_note(
         f"the student is {after / before:.2f}x slower than its teacher at batch 64 on this CPU "
         f"({after:.1f} against {before:.1f} ms): each factorised layer runs as two or three smaller ones"
     )
-    slower = [layer for layer in layers if layer.latency_ms and layer.latency_ms[1] > layer.latency_ms[0]]
+    slower = [
+        layer
+        for layer in layers
+        if layer.latency_ms and layer.latency_ms[1] > layer.latency_ms[0] and layer.stored_as != "dense"
+    ]
     if slower:
         shown = ", ".join(
             f"{layer.name} {layer.latency_ms[0]:.2f} -> {layer.latency_ms[1]:.2f} ms"
@@ -803,6 +807,7 @@ def export_student(
             ranks=list(layer.ranks),
             params_before=layer.params_before,
             params_after=layer.params_after,
+            stored_as=saved.factor_forms.get(layer.name),
         )
         for layer in validated.plan.layers
     ]

@@ -7,9 +7,19 @@ import torch
 from torch import nn
 
 from kegnet_core.export import fold_factors, save_student
+from kegnet_core.loading import load_classifier
 from kegnet_core.measure import count_macs, parameter_count
 from kegnet_core.report import StudentForm
-from kegnet_core.tucker import TuckerConv2d, TuckerLinear, cheapest_exact_form, exact_forms
+from kegnet_core.tucker import (
+    TuckerConv2d,
+    TuckerLinear,
+    apply_plan,
+    cheapest_exact_form,
+    exact_forms,
+    plan_compression,
+)
+
+from .models import TinyCNN, torchscript_bytes
 
 CONVS = {
     "3x3": dict(in_channels=6, out_channels=10, kernel_size=3, padding=1),
@@ -135,3 +145,48 @@ def test_the_saved_student_holds_the_cheaper_form_and_says_so(tmp_path):
     ).described()
     assert "fewer operations: near_full dense" in form.summary
     assert StudentForm.model_validate_json(form.model_dump_json()) == form
+
+
+def test_an_output_rank_at_the_channel_count_multiplies_the_output_1x1_into_the_core():
+    # (8 of 8 outputs, 16 of 48 inputs): the output 1x1 is square, and the core can take it.
+    assert cheapest_exact_form(_twin(nn.Conv2d(48, 8, 3, padding=1), (8, 16)), 64, 64).name == "last folded"
+
+
+def test_an_uploaded_student_is_saved_with_batch_norm_and_factors_folded(tmp_path):
+    # The pipeline's path: a loaded (fx) teacher, its BatchNorm folded into the twin's last 1x1,
+    # then that twin multiplied out at a dotted path, scripted and checked.
+    teacher = load_classifier(torchscript_bytes(TinyCNN(), (1, 8, 8)), (1, 8, 8))
+    plan = plan_compression(teacher, layers=["block.0"], ranks={"block.0": [8, 8]})
+    student = apply_plan(teacher, plan, n_iter_max=5)
+    saved = save_student(student, tmp_path / "student.pt", (1, 8, 8))
+    assert saved.factor_forms == {"block.0": "dense"} and saved.batch_norms_folded == 2
+    assert saved.memory_format == "channels_last"
+    x = torch.randn(6, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(saved.module(x), student(x), rtol=1e-4, atol=1e-5)
+
+
+class VectorNet(nn.Module):
+    """A factorised Linear, a dense head, and a factorised layer that forward never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = TuckerLinear.from_linear(nn.Linear(12, 16), (10, 4), n_iter_max=5)
+        self.head = nn.Linear(16, 3)
+        self.spare = TuckerLinear.from_linear(nn.Linear(4, 4), (2, 2), n_iter_max=5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.first(x)))
+
+
+def test_a_vector_student_gets_its_linears_multiplied_out_and_unreached_layers_stay():
+    torch.manual_seed(0)
+    student = VectorNet()
+    spare = student.spare
+    x = torch.randn(5, 12)
+    with torch.no_grad():
+        expected = student(x)
+        folded, forms = fold_factors(student, (12,))
+        torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-5)
+    assert forms == {"first": "last folded"}
+    assert folded.get_submodule("spare") is spare

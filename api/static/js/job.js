@@ -194,7 +194,13 @@ function layersTable(layers) {
         h(
           "tr",
           {},
-          h("th", { scope: "row", class: "mono" }, layer.name, layer.kind ? h("small", {}, ` ${layer.kind}`) : null),
+          h(
+            "th",
+            { scope: "row", class: "mono" },
+            layer.name,
+            layer.kind ? h("small", {}, ` ${layer.kind}`) : null,
+            layer.stored_as ? h("small", {}, ` saved ${layer.stored_as}`) : null,
+          ),
           h("td", { class: "mono" }, Array.isArray(layer.ranks) ? layer.ranks.join(":") : String(layer.ranks)),
           h("td", { class: "num" }, integer(layer.params_before)),
           h("td", { class: "num" }, integer(layer.params_after)),
