@@ -28,7 +28,7 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from kegnet_core.errors import UnsupportedModelError
-from kegnet_core.export import atomic_save, fold_batch_norms
+from kegnet_core.export import atomic_save, fold_batch_norms, fold_factors
 from kegnet_core.measure import latency_figure_s
 from kegnet_core.sources import SampleSource
 
@@ -91,8 +91,8 @@ def quantize_int8(model: nn.Module, calibration: Sequence[torch.Tensor]) -> nn.M
         raise UnsupportedModelError(f"this torch build has no {QUANTIZED_ENGINE} int8 kernels")
     if torch.backends.quantized.engine != QUANTIZED_ENGINE:
         torch.backends.quantized.engine = QUANTIZED_ENGINE
-    float_model, _ = quantisable_form(model)
     example = (calibration[0][:1],)
+    float_model, _ = quantisable_form(model, tuple(example[0].shape[1:]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's notice that PT2E moved to torchao
         try:
@@ -130,19 +130,30 @@ _MEAN = {torch.ops.aten.mean, torch.ops.aten.mean.dim}
 _RESHAPE = _aten("view", "reshape") | {torch.Tensor.view}
 
 
-def quantisable_form(model: nn.Module) -> tuple[nn.Module, int]:
+def quantisable_form(model: nn.Module, input_shape: Sequence[int] | None = None) -> tuple[nn.Module, int]:
     """``model`` (a copy, on the CPU) in the form torch.ao quantises best, and how many BatchNorm
     layers were folded: each BatchNorm that reads only a convolution's output folded into it (as
     the float student file has it), so the convolution, its ReLU and the BatchNorm become one int8
-    kernel; the loader's aten calls written as the functions torch.ao's patterns name (ReLU, pools,
-    flatten, mean, a two-tensor add), so they run on int8 tensors; and views as reshapes, since
-    int8 kernels return channels-last tensors.  The function is the same to float precision.
+    kernel; given the ``input_shape``, each factorised layer in its cheapest exact form (as the
+    float student file stores it, :func:`kegnet_core.export.fold_factors`: fewer operations, so
+    fewer int8 kernels and requantisations); the loader's aten calls written as the functions
+    torch.ao's patterns name (ReLU, pools, flatten, mean, a two-tensor add), so they run on int8
+    tensors; and views as reshapes, since int8 kernels return channels-last tensors.  The
+    function is the same to float precision.
 
     Ops that write into their input (the loader marks them) are left as they are."""
     model = copy.deepcopy(model).cpu().eval()
     if not isinstance(model, fx.GraphModule):
         return model, 0
     model, folded = fold_batch_norms(model)
+    if input_shape is not None:
+        trial = copy.deepcopy(model)
+        try:
+            fold_factors(trial, input_shape)  # in place
+        except Exception:  # the factors as trained
+            pass
+        else:
+            model = trial
     for node in model.graph.nodes:
         if node.meta.get("mutates", False):
             continue

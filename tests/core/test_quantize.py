@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,14 +60,18 @@ class SmallCNN(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-@pytest.fixture(scope="module")
-def student(tmp_path_factory) -> nn.Module:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+def _teacher_file(folder: Path) -> Path:
+    path = folder / "teacher.pt"
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(randomise_batchnorm(SmallCNN())), buffer)
     path.write_bytes(buffer.getvalue())
-    teacher = load_classifier(path, SHAPE).eval()
+    return path
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory) -> nn.Module:
+    torch.manual_seed(0)
+    teacher = load_classifier(_teacher_file(tmp_path_factory.mktemp("teacher")), SHAPE).eval()
     plan = plan_compression(teacher, layers=None, ranks="auto", target_ratio=None)
     return apply_plan(teacher, plan, n_iter_max=20, seed=0).eval()
 
@@ -117,6 +122,24 @@ def test_batchnorm_relu_pools_and_the_residual_add_run_in_int8_not_between_float
     assert "quantized.add" in code
     # Quantised once at the input, dequantised once at the output: no float op in between.
     assert code.count("torch.quantize_per_tensor(") == 1 and code.count("torch.dequantize(") == 1
+
+
+def test_the_int8_student_quantises_the_factors_in_the_form_the_float_file_stores_them(tmp_path):
+    torch.manual_seed(0)
+    teacher = load_classifier(_teacher_file(tmp_path), SHAPE).eval()
+    # c2's input rank is small (its output 1x1 folds into the core), c3's ranks near full (dense).
+    plan = plan_compression(teacher, ranks={"c2": [60, 12], "c3": [60, 60]})
+    student = apply_plan(teacher, plan, n_iter_max=20, seed=0).eval()
+    unfolded, _ = quantisable_form(student)
+    folded, _ = quantisable_form(student, SHAPE)
+    convolutions = [sum(isinstance(m, nn.Conv2d) for m in form.modules()) for form in (unfolded, folded)]
+    assert convolutions == [7, 4]  # c1, c2 as two convolutions, c3 as one
+    x = torch.randn(64, *SHAPE, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.allclose(folded(x), student(x), atol=1e-4)
+    code = save_int8(quantize_int8(student, _gaussian(4)), tmp_path / "int8.pt", SHAPE).code
+    assert code.count("quantized.conv2d") == 4
+    assert _relative_error(torch.jit.load(str(tmp_path / "int8.pt")), student, x) < 0.1
 
 
 def test_calibration_on_the_inputs_the_model_sees_beats_calibration_on_the_wrong_scale(student):
