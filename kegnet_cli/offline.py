@@ -100,8 +100,11 @@ def _int8_and_onnx_lines(report: Report) -> list[str]:
             if float_ms and int8_ms:
                 speed = f", {float_ms / int8_ms:.2f}x the {compared}'s speed at batch 64"
         kind = "model" if report.task == "quantize" else "student"
+        shape = ""
+        if int8.parameters is not None and int8.macs is not None:
+            shape = f" ({int8.parameters:,} parameters, {int8.macs / 1e6:.2f} MMACs per input)"
         lines.append(
-            f"int8 {kind}: {_human_bytes(int8.file_size)}{speed}; agrees with the float {kind} on "
+            f"int8 {kind}: {_human_bytes(int8.file_size)}{shape}{speed}; agrees with the float {kind} on "
             f"{int8.agreement_with_student * 100:.2f}% and with the teacher on "
             f"{int8.agreement.student_vs_teacher * 100:.2f}% of the probes"
         )

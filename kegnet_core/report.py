@@ -74,6 +74,10 @@ class Int8Student(_Model):
 
     file: str
     file_size: int
+    parameters: int | None = Field(
+        None, description="weights and biases it holds (stored as int8 and float32), in the form quantised"
+    )
+    macs: int | None = Field(None, description="multiply-accumulates per input, in the form quantised")
     calibration: str = Field(description="the samples its activation ranges were measured on")
     agreement_with_student: float = Field(description="top-1 agreement with the float student on the probes")
     agreement: Agreement

@@ -50,6 +50,7 @@ from kegnet_core.quantize import (
     calibration_batches,
     export_onnx,
     int8_seconds,
+    quantisable_form,
     quantize_int8,
     save_int8,
 )
@@ -879,7 +880,10 @@ def quantize_student(
     probes as the float model; ``baseline_agreement`` (Tucker only's, or 1 for the teacher) is
     the estimate's point of comparison."""
     source = build_source(drawable_prior(validated, extracted), source_context(validated, extracted, recipe))
-    quantized = quantize_int8(student, calibration_batches(source, seed=spec.seed, device=device))
+    # The float form quantised (BatchNorm folded, factors in their cheapest exact form): what the
+    # int8 file holds and computes.
+    form, _ = quantisable_form(student, validated.input_shape)
+    quantized = quantize_int8(form, calibration_batches(source, seed=spec.seed, device=device))
     path = layout.path(files.STUDENT_INT8.file)
     script = save_int8(quantized, path, validated.input_shape)
     inputs = probe.inputs.detach().cpu()
@@ -894,6 +898,8 @@ def quantize_student(
     return Int8Student(
         file=path.name,
         file_size=path.stat().st_size,
+        parameters=parameter_count(form),
+        macs=count_macs(form, validated.input_shape),
         calibration=f"{CALIBRATION_BATCHES * CALIBRATION_BATCH_SIZE} {source.name} samples",
         agreement_with_student=round(with_student, 5),
         agreement=block,

@@ -92,6 +92,7 @@ def test_quantize_writes_the_int8_model_under_the_name_given(tiny_cnn: Path, tmp
         and report["int8"]["file_size"] == (tmp_path / "q" / "tiny8.pt").stat().st_size
     )
     assert "int8 model:" in result.stdout
+    assert f"{report['int8']['parameters']:,} parameters" in result.stdout
     assert torch.jit.load(str(tmp_path / "q" / "tiny8.pt"))(torch.randn(2, 1, 8, 8)).shape == (2, 3)
 
 

@@ -208,6 +208,10 @@ def test_a_compress_run_with_quantize_int8_writes_both_students(tmp_path):
     assert (tmp_path / "out" / report.int8.file).stat().st_size == report.int8.file_size
     assert report.onnx.file is not None and (tmp_path / "out" / report.onnx.file).exists()
     assert 0.0 <= report.int8.agreement_with_student <= 1.0
+    # The int8 file computes the float file's form: its MACs, and no more parameters than trained.
+    assert report.int8.macs == report.macs_after
+    assert report.int8.parameters is not None and report.params_after is not None
+    assert 0 < report.int8.parameters <= report.params_after
     assert report.agreement is not None
     assert report.int8.agreement.samples == report.agreement.samples  # the same probes as the float one
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -230,6 +234,9 @@ def test_a_quantize_run_makes_an_int8_teacher_and_no_student(tmp_path):
     assert report.file_size_after is not None and report.file_size_after < report.file_size_before
     # Judged against the teacher itself: the probes' classes are the float teacher's.
     assert report.int8.agreement_with_student == report.int8.agreement.student_vs_teacher
+    # The teacher's BatchNorm layers folded into its convolutions: the same MACs, fewer parameters.
+    assert report.int8.macs == report.macs_before
+    assert report.int8.parameters is not None and report.int8.parameters < report.params_before
     int8 = torch.jit.load(str(tmp_path / "out" / "student_int8.pt"))
     assert int8(torch.randn(3, 1, 8, 8)).shape == (3, 3)
 

@@ -120,6 +120,8 @@ function int8Rows(report, lat) {
   const ms = (batch) => (int8.latency_ms || {})[`batch_${batch}`];
   return [
     ["Int8 student file size", report.file_size_before, int8.file_size, bytes],
+    ["Int8 student parameters", report.params_before, int8.parameters ?? undefined, integer],
+    ["Int8 MACs per input", report.macs_before, int8.macs ?? undefined, integer],
     ["Int8 CPU latency, batch 1", lat("before", 1), ms(1), (v) => `${number(v)} ms`, "faster", "slower"],
     ["Int8 CPU latency, batch 64", lat("before", 64), ms(64), (v) => `${number(v)} ms`, "faster", "slower"],
   ];
