@@ -274,6 +274,15 @@ def fold_factors(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Modul
     return model, changed
 
 
+def folded_or_as_trained(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Module, dict[str, str]]:
+    """A copy of ``model`` with its factors folded (:func:`fold_factors`) and the forms chosen;
+    ``model`` itself and no forms where folding fails, so the factors stay as trained."""
+    try:
+        return fold_factors(copy.deepcopy(model), input_shape)
+    except Exception:  # an op the forward hooks or a form cannot take
+        return model, {}
+
+
 def _has_convolutions(model: nn.Module) -> bool:
     return any(parameter.dim() == 4 for parameter in model.parameters())
 
@@ -296,13 +305,10 @@ def save_student(student: nn.Module, path: str | Path, input_shape: Sequence[int
         model, folded = fold_batch_norms(plain)
         model = views_as_reshapes(model)
     variants: list[tuple[nn.Module, dict[str, str]]] = []
-    try:
-        factored, factor_forms = fold_factors(copy.deepcopy(model), input_shape)
-        if factor_forms:
-            variants.append((factored, factor_forms))
-    except Exception:  # the factors as trained, below
-        pass
-    variants.append((model, {}))
+    factored, factor_forms = folded_or_as_trained(model, input_shape)
+    if factor_forms:
+        variants.append((factored, factor_forms))
+    variants.append((model, {}))  # the factors as trained, should the folded form not save
     # The fastest form first; last, the student exactly as trained (nothing folded or rewritten).
     forms: list[tuple[nn.Module, int, dict[str, str], str]] = []
     for variant, variant_forms in variants:

@@ -28,7 +28,7 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from kegnet_core.errors import UnsupportedModelError
-from kegnet_core.export import atomic_save, fold_batch_norms, fold_factors
+from kegnet_core.export import atomic_save, fold_batch_norms, folded_or_as_trained
 from kegnet_core.measure import latency_figure_s
 from kegnet_core.sources import SampleSource
 
@@ -84,6 +84,13 @@ def calibration_batches(
 def quantize_int8(model: nn.Module, calibration: Sequence[torch.Tensor]) -> nn.Module:
     """A CPU int8 copy of ``model`` (static: weights per channel, activations per tensor), its
     activation ranges measured on ``calibration``."""
+    form, _ = quantisable_form(model, tuple(calibration[0].shape[1:]))
+    return quantize_form(form, calibration)
+
+
+def quantize_form(float_model: nn.Module, calibration: Sequence[torch.Tensor]) -> nn.Module:
+    """:func:`quantize_int8` of a model already in :func:`quantisable_form` (a caller that also
+    measures that form makes it once)."""
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
@@ -92,7 +99,6 @@ def quantize_int8(model: nn.Module, calibration: Sequence[torch.Tensor]) -> nn.M
     if torch.backends.quantized.engine != QUANTIZED_ENGINE:
         torch.backends.quantized.engine = QUANTIZED_ENGINE
     example = (calibration[0][:1],)
-    float_model, _ = quantisable_form(model, tuple(example[0].shape[1:]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's notice that PT2E moved to torchao
         try:
@@ -135,7 +141,7 @@ def quantisable_form(model: nn.Module, input_shape: Sequence[int] | None = None)
     layers were folded: each BatchNorm that reads only a convolution's output folded into it (as
     the float student file has it), so the convolution, its ReLU and the BatchNorm become one int8
     kernel; given the ``input_shape``, each factorised layer in its cheapest exact form (as the
-    float student file stores it, :func:`kegnet_core.export.fold_factors`: fewer operations, so
+    float student file stores it, :func:`kegnet_core.export.folded_or_as_trained`: fewer operations, so
     fewer int8 kernels and requantisations); the loader's aten calls written as the functions
     torch.ao's patterns name (ReLU, pools, flatten, mean, a two-tensor add), so they run on int8
     tensors; and views as reshapes, since int8 kernels return channels-last tensors.  The
@@ -147,13 +153,9 @@ def quantisable_form(model: nn.Module, input_shape: Sequence[int] | None = None)
         return model, 0
     model, folded = fold_batch_norms(model)
     if input_shape is not None:
-        trial = copy.deepcopy(model)
-        try:
-            fold_factors(trial, input_shape)  # in place
-        except Exception:  # the factors as trained
-            pass
-        else:
-            model = trial
+        factored, _ = folded_or_as_trained(model, input_shape)
+        assert isinstance(factored, fx.GraphModule)  # folding swaps submodules, not the graph
+        model = factored
     for node in model.graph.nodes:
         if node.meta.get("mutates", False):
             continue

@@ -51,7 +51,7 @@ from kegnet_core.quantize import (
     export_onnx,
     int8_seconds,
     quantisable_form,
-    quantize_int8,
+    quantize_form,
     save_int8,
 )
 from kegnet_core.report import (
@@ -883,7 +883,7 @@ def quantize_student(
     # The float form quantised (BatchNorm folded, factors in their cheapest exact form): what the
     # int8 file holds and computes.
     form, _ = quantisable_form(student, validated.input_shape)
-    quantized = quantize_int8(form, calibration_batches(source, seed=spec.seed, device=device))
+    quantized = quantize_form(form, calibration_batches(source, seed=spec.seed, device=device))
     path = layout.path(files.STUDENT_INT8.file)
     script = save_int8(quantized, path, validated.input_shape)
     inputs = probe.inputs.detach().cpu()
