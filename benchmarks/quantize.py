@@ -9,7 +9,10 @@ do:
 * ``int8, Gaussian``: the same calibrated on N(0, 1) noise, the baseline the
   issue asks us to beat;
 * ``tucker`` and ``tucker + int8``: one ``default`` compress run with
-  ``quantize: int8``, its float and int8 students both scored (``--compress``).
+  ``quantize: int8``, its float and int8 students both scored (``--compress``);
+* ``..., ONNX``: the int8 ONNX file the same run wrote (ONNX Runtime's QDQ
+  quantisation of the float ONNX file on the same calibration samples), scored
+  in ONNX Runtime; its file and latency are against the float ONNX file's.
 
 Only the scoring reads the teacher's test split.  Rows go to a JSON-lines file
 (``--results``; rows already there are skipped), ``--write`` puts the table
@@ -40,6 +43,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.docs_section import write_section  # noqa: E402
 from benchmarks.suite_teachers import MEMBERS, Teacher, available, load_teacher, score  # noqa: E402
 from kegnet_core.pipeline import run  # noqa: E402
+from kegnet_core.quantize import onnx_forward, onnx_session  # noqa: E402
+from kegnet_core.report import Report  # noqa: E402
 from kegnet_core.spec import CompressionSpec  # noqa: E402
 
 IMAGE_TEACHERS = ["lenet5-mnist", "digits-bnres", "textures-cnn", "photos-vgg", "photos-resnet14"]
@@ -47,6 +52,40 @@ IMAGE_TEACHERS = ["lenet5-mnist", "digits-bnres", "textures-cnn", "photos-vgg", 
 
 def _load(path: Path) -> torch.jit.ScriptModule:
     return torch.jit.load(str(path), map_location="cpu").eval()
+
+
+def _score_onnx(path: Path, teacher: Teacher) -> float:
+    """Real accuracy of an ONNX file in ONNX Runtime on the teacher's held-out test split."""
+    forward = onnx_forward(onnx_session(path))
+    images, labels = teacher.test
+    correct = 0
+    for start in range(0, len(images), 1000):
+        correct += int(
+            (forward(images[start : start + 1000]).argmax(1) == labels[start : start + 1000]).sum()
+        )
+    return correct / len(images)
+
+
+def _onnx_row(
+    report: Report, out: Path, teacher: Teacher, common: dict[str, Any], approach: str
+) -> dict[str, Any]:
+    """The row of the int8 ONNX file ``report`` says the run wrote into ``out``."""
+    assert report.int8 is not None and report.int8.onnx is not None
+    onnx = report.int8.onnx
+    assert onnx.file is not None and onnx.latency_ms is not None, onnx.error
+    accuracy = _score_onnx(out / onnx.file, teacher)
+    return {
+        **common,
+        "approach": approach,
+        "accuracy": accuracy,
+        "loss_points": round((teacher.accuracy - accuracy) * 100, 3),
+        "file_before": onnx.float_file_size,
+        "file_after": onnx.file_size,
+        "file_float": onnx.float_file_size,
+        "latency_before_ms": onnx.latency_ms.before,
+        "latency_after_ms": onnx.latency_ms.after,
+        "estimated_loss": onnx.quality.estimated_loss if onnx.quality else None,
+    }
 
 
 def quantize_rows(teacher: Teacher, seed: int) -> list[dict[str, Any]]:
@@ -60,24 +99,29 @@ def quantize_rows(teacher: Teacher, seed: int) -> list[dict[str, Any]]:
             wall = time.perf_counter() - started
             assert report.int8 is not None and report.latency_ms is not None
             accuracy = score(_load(Path(out) / report.int8.file), teacher)
-        rows.append(
-            {
+            common = {
                 "member": teacher.member.name,
-                "approach": label,
                 "seed": seed,
                 "prior": report.prior,
                 "calibration": report.int8.calibration,
                 "teacher_accuracy": teacher.accuracy,
-                "accuracy": accuracy,
-                "loss_points": round((teacher.accuracy - accuracy) * 100, 3),
-                "file_before": report.file_size_before,
-                "file_after": report.int8.file_size,
-                "latency_before_ms": report.latency_ms.before,
-                "latency_after_ms": report.int8.latency_ms,
-                "estimated_loss": report.int8.quality.estimated_loss,
                 "wall_s": round(wall, 1),
             }
-        )
+            rows.append(
+                {
+                    **common,
+                    "approach": label,
+                    "accuracy": accuracy,
+                    "loss_points": round((teacher.accuracy - accuracy) * 100, 3),
+                    "file_before": report.file_size_before,
+                    "file_after": report.int8.file_size,
+                    "latency_before_ms": report.latency_ms.before,
+                    "latency_after_ms": report.int8.latency_ms,
+                    "estimated_loss": report.int8.quality.estimated_loss,
+                }
+            )
+            onnx_label = label.replace("int8", "int8, ONNX", 1)
+            rows.append(_onnx_row(report, Path(out), teacher, common, onnx_label))
     return rows
 
 
@@ -90,6 +134,14 @@ def compress_rows(teacher: Teacher, seed: int) -> list[dict[str, Any]]:
         assert report.int8 is not None and report.latency_ms is not None
         float_accuracy = score(_load(Path(out) / "student.pt"), teacher)
         int8_accuracy = score(_load(Path(out) / report.int8.file), teacher)
+        common = {
+            "member": teacher.member.name,
+            "seed": seed,
+            "prior": report.prior,
+            "teacher_accuracy": teacher.accuracy,
+            "wall_s": round(wall, 1),
+        }
+        onnx_row = _onnx_row(report, Path(out), teacher, common, "tucker + int8, ONNX")
     common = {
         "member": teacher.member.name,
         "seed": seed,
@@ -117,10 +169,12 @@ def compress_rows(teacher: Teacher, seed: int) -> list[dict[str, Any]]:
             "accuracy": int8_accuracy,
             "loss_points": round((teacher.accuracy - int8_accuracy) * 100, 3),
             "file_after": report.int8.file_size,
+            "file_float": report.file_size_after,
             "latency_before_ms": report.latency_ms.before,
             "latency_after_ms": report.int8.latency_ms,
             "estimated_loss": report.int8.quality.estimated_loss,
         },
+        onnx_row,
     ]
 
 
@@ -154,7 +208,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     }
     lines = [
         f"Measured {stamp} on {cpu_description()}, {os.cpu_count()} CPUs by `benchmarks/quantize.py` "
-        "(accuracy on each teacher's held-out test split; latency on this CPU, median of 20).",
+        "(accuracy on each teacher's held-out test split; latency on this CPU, median of 20). "
+        "ONNX rows: the int8 ONNX file in ONNX Runtime, its file and latency against the float ONNX "
+        "file's (in brackets), and \"vs Tucker's file\" against the float student's ONNX file.",
         "",
         "| teacher | approach | seed | calibration | accuracy (teacher) | loss, points | report's estimate | "
         "file (teacher) | vs Tucker's file | batch 64 latency (teacher) | ONNX max diff | wall |",
@@ -164,10 +220,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         before, after = row["latency_before_ms"], row.get("latency_after_ms") or {}
         speed = f"{after['batch_64']:.2f} ms ({before['batch_64']:.2f} ms)" if after.get("batch_64") else "–"
         onnx = row.get("onnx_max_abs_difference")
-        tucker = tucker_files.get((row["member"], row["seed"]))
+        tucker = row.get("file_float") or tucker_files.get((row["member"], row["seed"]))
         smaller = (
             f"{tucker / row['file_after']:.2f}x smaller"
-            if row["approach"] == "tucker + int8" and tucker
+            if row["approach"].startswith("tucker + int8") and tucker
             else "–"
         )
         lines.append(
@@ -214,12 +270,14 @@ def main() -> int:
     for name in available(list(dict.fromkeys(args.members + args.compress))):
         teacher = load_teacher(name)
         jobs = []
-        if name in args.members and (name, "int8", args.seed) not in done:
+        if name in args.members and (name, "int8, ONNX", args.seed) not in done:
             jobs.append(quantize_rows)
-        if name in args.compress and (name, "tucker + int8", args.seed) not in done:
+        if name in args.compress and (name, "tucker + int8, ONNX", args.seed) not in done:
             jobs.append(compress_rows)
         for job in jobs:
             for row in job(teacher, args.seed):
+                if (row["member"], row["approach"], row["seed"]) in done:  # measured before: kept as it was
+                    continue
                 with args.results.open("a") as results:
                     results.write(json.dumps(row) + "\n")
                 sys.stdout.write(json.dumps(row) + "\n")

@@ -19,7 +19,15 @@ import httpx
 
 from kegnet_cli.options import add_spec_options, spec_from_args
 from kegnet_cli.progress_bar import ProgressBar
-from kegnet_core.artifacts import GENERATORS, REPORT, SAMPLES, STUDENT, STUDENT_INT8, STUDENT_ONNX
+from kegnet_core.artifacts import (
+    GENERATORS,
+    REPORT,
+    SAMPLES,
+    STUDENT,
+    STUDENT_INT8,
+    STUDENT_INT8_ONNX,
+    STUDENT_ONNX,
+)
 from kegnet_core.progress import ProgressEvent
 from kegnet_core.report import Report
 from kegnet_service.states import TERMINAL_STATUSES
@@ -30,6 +38,7 @@ DOWNLOADS = {
     "model": STUDENT,
     "model_int8": STUDENT_INT8,
     "onnx": STUDENT_ONNX,
+    "onnx_int8": STUDENT_INT8_ONNX,
     "report": REPORT,
     "samples": SAMPLES,
     "generators": GENERATORS,

@@ -108,6 +108,7 @@ def _int8_and_onnx_lines(report: Report) -> list[str]:
             f"{int8.agreement_with_student * 100:.2f}% and with the teacher on "
             f"{int8.agreement.student_vs_teacher * 100:.2f}% of the probes"
         )
+        lines += _int8_onnx_lines(report, kind)
     elif report.int8_error:
         lines.append(f"int8 student: none ({report.int8_error})")
     if report.onnx is not None:
@@ -116,6 +117,29 @@ def _int8_and_onnx_lines(report: Report) -> list[str]:
         else:
             lines.append(f"ONNX: none ({report.onnx.error})")
     return lines
+
+
+def _int8_onnx_lines(report: Report, kind: str) -> list[str]:
+    onnx = report.int8.onnx if report.int8 is not None else None
+    if onnx is None:
+        return []
+    if onnx.file is None or onnx.file_size is None:
+        return [f"int8 ONNX: none ({onnx.error})"]
+    smaller = (
+        f", {onnx.float_file_size / onnx.file_size:.2f}x smaller than the float ONNX"
+        if onnx.float_file_size
+        else ""
+    )
+    speed = ""
+    if onnx.latency_ms is not None:
+        float_ms, int8_ms = onnx.latency_ms.before.get("batch_64"), onnx.latency_ms.after.get("batch_64")
+        if float_ms and int8_ms:
+            speed = f", {float_ms / int8_ms:.2f}x its speed in ONNX Runtime at batch 64"
+    agrees = f"{onnx.agreement_with_student * 100:.2f}%" if onnx.agreement_with_student is not None else "?"
+    return [
+        f"int8 ONNX: {onnx.file} ({_human_bytes(onnx.file_size)}{smaller}{speed}); agrees with the float "
+        f"{kind} on {agrees} of the probes"
+    ]
 
 
 def run_offline(args: argparse.Namespace, task: str) -> int:

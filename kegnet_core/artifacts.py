@@ -38,6 +38,13 @@ STUDENT_INT8 = Artifact(
 STUDENT_ONNX = Artifact(
     "model.onnx", "student.onnx", "application/octet-stream", "the float student as ONNX (opset 17)", True
 )
+STUDENT_INT8_ONNX = Artifact(
+    "model_int8.onnx",
+    "student_int8.onnx",
+    "application/octet-stream",
+    "the int8 student as ONNX (QDQ, opset 17), with quantize: int8",
+    True,
+)
 REPORT = Artifact("report", "report.json", "application/json", "the compression report (JSON)", False)
 SAMPLES = Artifact("samples.png", "samples.png", "image/png", "generated samples, one row per class", False)
 LATENT_WALK = Artifact(
@@ -53,13 +60,29 @@ GENERATORS = Artifact(
 
 DOWNLOADS: dict[str, Artifact] = {
     artifact.name: artifact
-    for artifact in (STUDENT, STUDENT_INT8, STUDENT_ONNX, REPORT, SAMPLES, LATENT_WALK, GENERATORS)
+    for artifact in (
+        STUDENT,
+        STUDENT_INT8,
+        STUDENT_ONNX,
+        STUDENT_INT8_ONNX,
+        REPORT,
+        SAMPLES,
+        LATENT_WALK,
+        GENERATORS,
+    )
 }
 
 
-# Beside a student the user named (``small.pt``), its other forms are ``small_int8.pt`` and
-# ``small.onnx``, not ``small_student_int8.pt``.
-_STUDENT_FORMS = {STUDENT.file: ".pt", STUDENT_INT8.file: "_int8.pt", STUDENT_ONNX.file: ".onnx"}
+# Beside a student the user named (``small.pt``), its other forms are ``small_int8.pt``,
+# ``small.onnx`` and ``small_int8.onnx``, not ``small_student_int8.pt``.
+_STUDENT_FORMS = {
+    STUDENT.file: ".pt",
+    STUDENT_INT8.file: "_int8.pt",
+    STUDENT_ONNX.file: ".onnx",
+    STUDENT_INT8_ONNX.file: "_int8.onnx",
+}
+# A quantize job names its int8 model (``small.pt``): that model's ONNX form is ``small.onnx``.
+_ONNX_TWIN = {STUDENT.file: STUDENT_ONNX.file, STUDENT_INT8.file: STUDENT_INT8_ONNX.file}
 
 
 def generator_file(index: int) -> str:
@@ -78,7 +101,8 @@ class Layout:
 
     ``Layout(folder)`` writes ``folder/student.pt``, ``folder/report.json``, ...;
     ``Layout.beside(Path("out/small.pt"))`` writes ``out/small.pt``, ``out/small_int8.pt``,
-    ``out/small.onnx``, ``out/small_report.json``, ``out/small_samples.png``, ...
+    ``out/small.onnx``, ``out/small_int8.onnx``, ``out/small_report.json``,
+    ``out/small_samples.png``, ...
     """
 
     folder: Path
@@ -94,6 +118,8 @@ class Layout:
             return self.folder / file
         if file == self.primary:
             return self.folder / f"{self.stem}.pt"
+        if file == _ONNX_TWIN.get(self.primary):  # the named model's ONNX form: small.onnx
+            return self.folder / f"{self.stem}.onnx"
         if file in _STUDENT_FORMS:
             return self.folder / f"{self.stem}{_STUDENT_FORMS[file]}"
         return self.folder / f"{self.stem}_{file}"

@@ -46,7 +46,10 @@ class DistillResult:
 
 @torch.no_grad()
 def agreement(
-    student: nn.Module, inputs: torch.Tensor, teacher_classes: torch.Tensor, batch: int = 512
+    student: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    teacher_classes: torch.Tensor,
+    batch: int = 512,
 ) -> float:
     """Share of ``inputs`` on which the student's top-1 class is the teacher's."""
     hits = 0

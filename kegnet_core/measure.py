@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -35,6 +35,14 @@ def cpu_latency_ms(
     :data:`TIMING_CAP_S`)."""
     # TorchScript's profiling executor optimises during the first runs: up to 5 untimed.
     return _median_ms(model, torch.randn(batch_size, *input_shape), repeats, warm_ups=5)
+
+
+@torch.no_grad()
+def callable_latency_ms(
+    forward: Callable[[torch.Tensor], object], input_shape: Sequence[int], batch_size: int, repeats: int = 20
+) -> float:
+    """:func:`cpu_latency_ms` of any function of a CPU batch (an ONNX Runtime session's, say)."""
+    return _median_ms(forward, torch.randn(batch_size, *input_shape), repeats, warm_ups=5)
 
 
 @torch.no_grad()
@@ -142,7 +150,7 @@ def _paired_fastest_ms(
 
 
 def _median_ms(
-    module: nn.Module | torch.jit.ScriptModule,
+    module: nn.Module | torch.jit.ScriptModule | Callable[[torch.Tensor], object],
     x: torch.Tensor,
     repeats: int,
     *,

@@ -247,8 +247,12 @@ def _int8(
     extracted: stages.Extracted,
     probe: Probe,
     run: _Run,
+    *,
+    float_onnx: Path | None,
+    onnx_error: str | None,
 ) -> Int8Student:
-    """``model`` to int8 with the run's own calibration, judged on its probes."""
+    """``model`` to int8 with the run's own calibration, judged on its probes; the same for its
+    float ONNX file, where there is one."""
     return stages.quantize_student(
         model,
         validated,
@@ -260,6 +264,8 @@ def _int8(
         baseline_agreement,
         device=run.device,
         measure_latency=run.measure_latency,
+        float_onnx=float_onnx,
+        onnx_error=onnx_error,
     )
 
 
@@ -269,14 +275,30 @@ def _quantize_pipeline(validated: stages.Validated, run: _Run) -> None:
     extracted = _extracting_if_needed(validated, run)
     probe = _probe(validated, extracted, spec, recipe, run.device)
     with run.clock.stage(Stage.EXPORTING):
-        int8 = _int8(validated.teacher, 1.0, validated, extracted, probe, run)  # judged against itself
+        float_onnx, onnx_error = stages.teacher_onnx(run.model_path, validated, run.layout.folder)
+        try:  # judged against itself
+            int8 = _int8(
+                validated.teacher,
+                1.0,
+                validated,
+                extracted,
+                probe,
+                run,
+                float_onnx=float_onnx,
+                onnx_error=onnx_error,
+            )
+        finally:
+            if float_onnx is not None:
+                float_onnx.unlink(missing_ok=True)
         if run.measure_latency and int8.latency_ms is not None:
             report.latency_ms = Latency(
                 before=stages.teacher_latency(run.model_path, validated.input_shape), after=int8.latency_ms
             )
     report.int8 = int8
     report.agreement, report.quality = int8.agreement, int8.quality
-    report.artifacts = Artifacts(student_int8=int8.file)
+    report.artifacts = Artifacts(
+        student_int8=int8.file, student_int8_onnx=int8.onnx.file if int8.onnx is not None else None
+    )
     report.file_size_after = int8.file_size
     report.macs_before = validated.macs
 
@@ -339,7 +361,17 @@ def _compress_pipeline(validated: stages.Validated, run: _Run) -> None:
         report.onnx = stages.export_onnx_student(validated, run.layout)
         if spec.quantize is Quantize.INT8:
             try:
-                report.int8 = _int8(student, tucker_agreement, validated, extracted, probe, run)
+                float_onnx = run.layout.path(files.STUDENT_ONNX.file) if report.onnx.file else None
+                report.int8 = _int8(
+                    student,
+                    tucker_agreement,
+                    validated,
+                    extracted,
+                    probe,
+                    run,
+                    float_onnx=float_onnx,
+                    onnx_error=report.onnx.error,
+                )
             except UnsupportedModelError as exc:  # the float student stands; the report says why
                 report.int8_error = exc.message
         generator_files = stages.export_generators(extracted, validated, recipe, run.layout)
@@ -350,6 +382,7 @@ def _compress_pipeline(validated: stages.Validated, run: _Run) -> None:
         student=exported.artifacts.student,
         student_int8=report.int8.file if report.int8 is not None else None,
         student_onnx=report.onnx.file,
+        student_int8_onnx=report.int8.onnx.file if report.int8 is not None and report.int8.onnx else None,
         generators=generator_files.generators,
         samples=generator_files.samples,
         latent_walk=generator_files.latent_walk,

@@ -11,17 +11,23 @@ now in the separate torchao package, yields q/dq graphs that only get fast
 under ``torch.compile``, not a file any torch loads and runs fast.)
 
 ONNX export uses ``torch.onnx.export`` on the scripted float student and
-checks the file with ONNX Runtime against it.
+checks the file with ONNX Runtime against it.  The int8 ONNX file is that
+float file quantised by ONNX Runtime's own static quantiser on the same
+calibration samples, in the QDQ form (QuantizeLinear / DequantizeLinear
+pairs around float ops, int8 weights per channel, uint8 activations) that
+ONNX Runtime and OpenVINO read and fuse into int8 kernels.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -37,6 +43,11 @@ CALIBRATION_BATCHES = 16
 CALIBRATION_BATCH_SIZE = 64
 ONNX_TOLERANCE = 1e-4
 ONNX_OPSET = 17
+# What the int8 ONNX file costs beyond the TorchScript one, in float passes at batch 64: ONNX
+# Runtime's calibration runs each calibration batch through the float graph with a minimum and a
+# maximum of every tensor as outputs (counted as two passes), then the agreement over the probes
+# (2 x 32 passes).
+ONNX_CALIBRATION_PASS = 2.0
 # What an int8 copy costs, for a time budget, in passes at batch 64 of the float model on the
 # CPU (where quantisation runs): a calibration batch through the histogram observers, with the
 # preparing and converting, costs OBSERVED_PASS plain passes (measured 6-8 on three suite
@@ -52,9 +63,10 @@ def int8_seconds(cpu_forward_s: float, *, measure_latency: bool) -> float:
     """About what :func:`kegnet_core.stages.quantize_student` takes where the float model's pass at
     batch 64 takes ``cpu_forward_s`` on the CPU (its latency figures too, with ``measure_latency``)."""
     passes = CALIBRATION_BATCHES * OBSERVED_PASS + 2 * 32 + 2
-    seconds = INT8_FIXED_S + passes * cpu_forward_s
-    if measure_latency:  # int8 passes counted as float ones: an upper bound
-        seconds += latency_figure_s(cpu_forward_s) + latency_figure_s(cpu_forward_s / 32)
+    passes += CALIBRATION_BATCHES * ONNX_CALIBRATION_PASS + 2 * 32  # the int8 ONNX file
+    seconds = 2 * INT8_FIXED_S + passes * cpu_forward_s
+    if measure_latency:  # int8 passes counted as float ones: an upper bound; ONNX float and int8
+        seconds += 3 * (latency_figure_s(cpu_forward_s) + latency_figure_s(cpu_forward_s / 32))
     return seconds
 
 
@@ -203,6 +215,145 @@ def save_int8(quantized: nn.Module, path: str | Path, input_shape: Sequence[int]
     return loaded
 
 
+def onnx_session(path: str | Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session on ``path`` (``threads`` intra-op threads; its default where
+    None)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only: the quantiser's graphs draw warnings on shapes
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_forward(session: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``session`` as a function of a CPU tensor batch, returning its first output."""
+    name = session.get_inputs()[0].name
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
+
+    return forward
+
+
+def compact_onnx(path: str | Path) -> None:
+    """Rewrite the ONNX file at ``path`` with short value names, no node names and no doc
+    strings: the same graph, computing the same, in fewer bytes.
+
+    Exporters and the quantiser name every value after the module path it came from
+    (``/layer1/conv1/Conv_output_0_QuantizeLinear_Output``), and each name is stored wherever
+    the value is read; on a small int8 student those names are a fifth of the file."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    graph = model.graph
+    keep = {value.name for value in (*graph.input, *graph.output)}
+    names: dict[str, str] = {}
+    # Subgraphs (If, Loop) read outer values by name: there only the doc strings go.
+    nested = any(
+        attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for node in graph.node
+        for attribute in node.attribute
+    )
+
+    def short(name: str) -> str:
+        if not name or name in keep or nested:
+            return name
+        return names.setdefault(name, f"v{len(names):x}")
+
+    for initializer in graph.initializer:
+        initializer.name = short(initializer.name)
+        initializer.doc_string = ""
+    for node in graph.node:
+        node.name = ""
+        node.doc_string = ""
+        node.input[:] = [short(name) for name in node.input]
+        node.output[:] = [short(name) for name in node.output]
+    for info in graph.value_info:
+        info.name = short(info.name)
+    graph.doc_string = ""
+    model.doc_string = ""
+    del model.metadata_props[:]
+    fd, scratch = tempfile.mkstemp(dir=path.parent, prefix=".onnx-", suffix=".tmp")
+    os.close(fd)
+    try:
+        onnx.save(model, scratch)
+        os.replace(scratch, path)
+    finally:
+        Path(scratch).unlink(missing_ok=True)
+
+
+def quantize_onnx(
+    float_path: str | Path, path: str | Path, calibration: Sequence[torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Write a static int8 copy of the float ONNX model at ``float_path`` to ``path`` (QDQ form:
+    int8 weights per output channel, int8 activations per tensor, their ranges measured by ONNX
+    Runtime on ``calibration``) and return it, loaded in ONNX Runtime, as a function.
+
+    The file is checked by running it at two batch sizes; a model ONNX Runtime cannot quantise
+    or run raises :class:`UnsupportedModelError`, and nothing is left at ``path``."""
+    path = Path(path)
+    work = tempfile.mkdtemp(dir=path.parent, prefix=".onnx-int8-")
+    try:
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        name = onnx_session(float_path, threads=1).get_inputs()[0].name
+
+        class Batches(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.batches = iter(calibration)
+
+            def get_next(self) -> dict[str, Any] | None:
+                batch = next(self.batches, None)
+                return None if batch is None else {name: batch.detach().cpu().float().numpy()}
+
+        prepared = Path(work) / "prepared.onnx"
+        try:  # shape inference and graph clean-up, as ONNX Runtime advises before quantising
+            quant_pre_process(str(float_path), str(prepared))
+        except Exception:  # a graph the symbolic shape inference cannot follow: quantise it as it is
+            prepared = Path(float_path)
+        scratch = Path(work) / "int8.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_static(
+                str(prepared),
+                str(scratch),
+                Batches(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                # uint8 activations: with int8 ones ONNX Runtime's x86 graph left convolutions in
+                # float between dequantisations (docs/design.md, Int8 and ONNX).
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
+        compact_onnx(scratch)
+        forward = onnx_forward(onnx_session(scratch))
+        example = calibration[0][:7].detach().cpu().float()
+        for batch in (example[:1], example):
+            answer = forward(batch)
+            if answer.shape[0] != batch.shape[0] or not bool(torch.isfinite(answer).all()):
+                raise UnsupportedModelError("the int8 ONNX student gives no finite answer per input")
+        os.replace(scratch, path)
+        return onnx_forward(onnx_session(path))
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:  # an op ONNX Runtime's quantiser or runtime does not take
+        raise UnsupportedModelError(f"the student could not be quantised to int8 ONNX: {exc}") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def export_onnx(
     model: nn.Module | torch.jit.ScriptModule,
     path: str | Path,
@@ -215,8 +366,6 @@ def export_onnx(
     Pass a scripted model where you can: scripting keeps ``x.size(0)`` a graph op, where
     exporting a plain module traces it and freezes the example's batch size into reshapes
     (which the check then catches)."""
-    import onnxruntime
-
     path = Path(path)
     if not isinstance(model, torch.jit.ScriptModule):
         model = copy.deepcopy(model).cpu()
@@ -237,9 +386,8 @@ def export_onnx(
                 opset_version=ONNX_OPSET,
                 dynamo=False,
             )
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
-        session = onnxruntime.InferenceSession(scratch, options, providers=["CPUExecutionProvider"])
+        compact_onnx(scratch)
+        session = onnx_session(scratch, threads=1)
         difference = 0.0
         with torch.no_grad():
             for batch in (1, 7):

@@ -69,6 +69,25 @@ class Latency(_Model):
     after: dict[str, float]
 
 
+class Int8Onnx(_Model):
+    """The int8 student as ONNX, or why there is none: the float ONNX file quantised by ONNX
+    Runtime on the same calibration samples, in the QDQ form (int8 weights per output channel,
+    uint8 activations per tensor) that ONNX Runtime and OpenVINO read."""
+
+    file: str | None = None
+    file_size: int | None = None
+    float_file_size: int | None = Field(None, description="the float ONNX file it was quantised from")
+    agreement_with_student: float | None = Field(
+        None, description="top-1 agreement with the float model on the probes"
+    )
+    agreement: Agreement | None = None
+    quality: Quality | None = None
+    latency_ms: Latency | None = Field(
+        None, description="ONNX Runtime on the CPU: before is the float ONNX file, after the int8 one"
+    )
+    error: str | None = None
+
+
 class Int8Student(_Model):
     """The int8 student beside the float one (``quantize: int8``)."""
 
@@ -83,6 +102,7 @@ class Int8Student(_Model):
     agreement: Agreement
     quality: Quality
     latency_ms: dict[str, float] | None = None
+    onnx: Int8Onnx | None = None
 
 
 class OnnxExport(_Model):
@@ -165,6 +185,7 @@ class Artifacts(_Model):
     student: str | None = None
     student_int8: str | None = None
     student_onnx: str | None = None
+    student_int8_onnx: str | None = None
     report: str | None = None
     generators: list[str] = Field(default_factory=list)
     samples: list[str] = Field(default_factory=list)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -41,7 +43,14 @@ from kegnet_core.extraction import TrainedGenerator, extract_generators
 from kegnet_core.images import class_grid, latent_walk, sample_grid, save_png
 from kegnet_core.inspection import BatchNormTap, batch_norm_stats
 from kegnet_core.loading import load_classifier
-from kegnet_core.measure import count_macs, cpu_latency_ms, layer_latency_ms, measurement_s, parameter_count
+from kegnet_core.measure import (
+    callable_latency_ms,
+    count_macs,
+    cpu_latency_ms,
+    layer_latency_ms,
+    measurement_s,
+    parameter_count,
+)
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
 from kegnet_core.quality import Probe, assess
 from kegnet_core.quantize import (
@@ -50,12 +59,16 @@ from kegnet_core.quantize import (
     calibration_batches,
     export_onnx,
     int8_seconds,
+    onnx_forward,
+    onnx_session,
     quantisable_form,
     quantize_form,
+    quantize_onnx,
     save_int8,
 )
 from kegnet_core.report import (
     Artifacts,
+    Int8Onnx,
     Int8Student,
     KeptDense,
     Latency,
@@ -862,6 +875,21 @@ def export_onnx_student(validated: Validated, layout: files.Layout) -> OnnxExpor
     return OnnxExport(file=path.name, max_abs_difference=float(f"{difference:.3g}"))
 
 
+def teacher_onnx(model_path: Path, validated: Validated, folder: Path) -> tuple[Path | None, str | None]:
+    """The teacher's TorchScript file as a float ONNX file in ``folder`` (hidden, for a quantize
+    job's int8 ONNX file to be made from), or why there is none."""
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".teacher-", suffix=".onnx")
+    os.close(fd)
+    path = Path(name)
+    scripted = torch.jit.load(str(model_path), map_location="cpu").eval()
+    try:
+        export_onnx(scripted, path, validated.input_shape, scripted)
+    except UnsupportedModelError as exc:
+        path.unlink(missing_ok=True)
+        return None, exc.message
+    return path, None
+
+
 def quantize_student(
     student: nn.Module,
     validated: Validated,
@@ -874,16 +902,21 @@ def quantize_student(
     *,
     device: torch.device,
     measure_latency: bool = True,
+    float_onnx: Path | None = None,
+    onnx_error: str | None = None,
 ) -> Int8Student:
     """An int8 copy of ``student`` (the teacher itself for quantize jobs), calibrated on the run's
     own sample source (Gaussian for Tucker only), saved as TorchScript and judged on the same
     probes as the float model; ``baseline_agreement`` (Tucker only's, or 1 for the teacher) is
-    the estimate's point of comparison."""
+    the estimate's point of comparison.  With ``float_onnx`` (the same model as a float ONNX
+    file) an int8 ONNX file is made from it on the same calibration samples and judged the same
+    way; where it cannot be, the report says why (``onnx_error``: why there is no float file)."""
     source = build_source(drawable_prior(validated, extracted), source_context(validated, extracted, recipe))
+    calibration = calibration_batches(source, seed=spec.seed, device=device)
     # The float form quantised (BatchNorm folded, factors in their cheapest exact form): what the
     # int8 file holds and computes.
     form, _ = quantisable_form(student, validated.input_shape)
-    quantized = quantize_form(form, calibration_batches(source, seed=spec.seed, device=device))
+    quantized = quantize_form(form, calibration)
     path = layout.path(files.STUDENT_INT8.file)
     script = save_int8(quantized, path, validated.input_shape)
     inputs = probe.inputs.detach().cpu()
@@ -895,12 +928,72 @@ def quantize_student(
     latency = None
     if measure_latency:
         latency = {f"batch_{b}": round(cpu_latency_ms(script, validated.input_shape, b), 4) for b in (1, 64)}
+    if float_onnx is None:
+        onnx = Int8Onnx(error=onnx_error or "there is no float ONNX file to quantise")
+    else:
+        onnx = _int8_onnx(
+            float_onnx,
+            layout.path(files.STUDENT_INT8_ONNX.file),
+            calibration,
+            probe,
+            float_classes,
+            baseline_agreement,
+            validated.input_shape,
+            measure_latency=measure_latency,
+        )
     return Int8Student(
         file=path.name,
         file_size=path.stat().st_size,
         parameters=parameter_count(form),
         macs=count_macs(form, validated.input_shape),
         calibration=f"{CALIBRATION_BATCHES * CALIBRATION_BATCH_SIZE} {source.name} samples",
+        agreement_with_student=round(with_student, 5),
+        agreement=block,
+        quality=quality,
+        latency_ms=latency,
+        onnx=onnx,
+    )
+
+
+def _int8_onnx(
+    float_onnx: Path,
+    path: Path,
+    calibration: list[torch.Tensor],
+    probe: Probe,
+    float_classes: torch.Tensor,
+    baseline_agreement: float,
+    input_shape: Sequence[int],
+    *,
+    measure_latency: bool,
+) -> Int8Onnx:
+    """The int8 ONNX file of the model in ``float_onnx``, judged on ``probe`` like the TorchScript
+    one; an error in the report where ONNX Runtime cannot quantise it."""
+    try:
+        forward = quantize_onnx(float_onnx, path, calibration)
+    except UnsupportedModelError as exc:
+        return Int8Onnx(error=exc.message)
+    inputs = probe.inputs.detach().cpu()
+    with torch.no_grad():
+        teacher_agreement = agreement(forward, inputs, probe.classes.cpu())
+        with_student = agreement(forward, inputs, float_classes)
+    block, quality = assess(probe, teacher_agreement, baseline_agreement)
+    latency = None
+    if measure_latency:  # as many threads as torch's figures use, so the two compare
+        threads = torch.get_num_threads()
+        sides = {
+            "before": onnx_forward(onnx_session(float_onnx, threads)),
+            "after": onnx_forward(onnx_session(path, threads)),
+        }
+        latency = Latency(
+            **{
+                side: {f"batch_{b}": round(callable_latency_ms(run, input_shape, b), 4) for b in (1, 64)}
+                for side, run in sides.items()
+            }
+        )
+    return Int8Onnx(
+        file=path.name,
+        file_size=path.stat().st_size,
+        float_file_size=float_onnx.stat().st_size,
         agreement_with_student=round(with_student, 5),
         agreement=block,
         quality=quality,

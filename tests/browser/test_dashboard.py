@@ -21,15 +21,32 @@ pytestmark = pytest.mark.slow
 JOB_TIMEOUT_MS = 240_000  # a quick job takes 10-60 s here; leave room for a busy machine
 
 
-def submit_job(page: Page, model: Path, *, input_shape: str = "1,8,8", preset: str = "quick") -> str:
+def submit_job(
+    page: Page, model: Path, *, input_shape: str = "1,8,8", preset: str = "quick", quantize: str | None = None
+) -> str:
     """Fill the new-job form, start the job, and return its id from the job page's URL."""
     page.click("a[href='#/new'] >> nth=0")
     page.set_input_files("#field-model", str(model))
     page.fill("#field-input_shape", input_shape)
     page.select_option("#field-preset", preset)
+    if quantize is not None:
+        page.select_option("#field-quantize", quantize)
     page.click("#submit-job")
     page.wait_for_url(re.compile(r"#/jobs/\w+$"))
     return page.url.rsplit("/", 1)[1]
+
+
+def test_an_int8_job_shows_both_int8_files_and_offers_them(signed_in: Page, teacher_file: Path) -> None:
+    page = signed_in
+    submit_job(page, teacher_file, quantize="int8")
+    expect(page.locator(".job-head .badge")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    table = page.locator("#before-after")
+    for label in ("Int8 student file size", "Int8 ONNX file size", "ONNX Runtime latency, batch 64"):
+        expect(table).to_contain_text(label)
+    with page.expect_download() as pending:
+        page.click("[data-download='model_int8.onnx']")
+    assert Path(pending.value.path()).stat().st_size > 0
+    assert pending.value.suggested_filename.endswith("_int8.onnx"), pending.value.suggested_filename
 
 
 def test_a_wrong_key_shows_the_servers_message(page: Page, server: Server) -> None:

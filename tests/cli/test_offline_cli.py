@@ -85,13 +85,15 @@ def test_quantize_writes_the_int8_model_under_the_name_given(tiny_cnn: Path, tmp
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert {p.name for p in (tmp_path / "q").iterdir()} == {"tiny8.pt", "tiny8_report.json"}
+    assert {p.name for p in (tmp_path / "q").iterdir()} == {"tiny8.pt", "tiny8.onnx", "tiny8_report.json"}
     report = json.loads((tmp_path / "q" / "tiny8_report.json").read_text())
     assert (
         report["task"] == "quantize"
         and report["int8"]["file_size"] == (tmp_path / "q" / "tiny8.pt").stat().st_size
     )
     assert "int8 model:" in result.stdout
+    assert f"int8 ONNX: {report['int8']['onnx']['file']}" in result.stdout
+    assert report["int8"]["onnx"]["file"] == "tiny8.onnx"
     assert f"{report['int8']['parameters']:,} parameters" in result.stdout
     assert torch.jit.load(str(tmp_path / "q" / "tiny8.pt"))(torch.randn(2, 1, 8, 8)).shape == (2, 3)
 

@@ -20,9 +20,13 @@ from kegnet_core.loading import load_classifier
 from kegnet_core.pipeline import run
 from kegnet_core.quantize import (
     calibration_batches,
+    compact_onnx,
     export_onnx,
+    onnx_forward,
+    onnx_session,
     quantisable_form,
     quantize_int8,
+    quantize_onnx,
     save_int8,
 )
 from kegnet_core.report import Report
@@ -182,6 +186,93 @@ def test_the_onnx_student_matches_the_torchscript_one_and_the_check_can_fail(stu
     assert not list(tmp_path.glob(".onnx-*"))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript-based exporter's notice
+def test_compacting_an_onnx_file_keeps_what_it_computes_in_fewer_bytes(student, tmp_path):
+    import onnx
+
+    reference = torch.jit.script(student).eval()
+    path = tmp_path / "student.onnx"
+    export_onnx(student, path, SHAPE, reference)  # compacted as it is written
+    compacted = onnx.load(str(path))
+    assert all(not node.name for node in compacted.graph.node)
+    assert max(len(t.name) for t in compacted.graph.initializer) <= 4
+    # The exporter's own names, for comparison: the same graph, the same answers, more bytes.
+    verbose = tmp_path / "verbose.onnx"
+    torch.onnx.export(
+        reference,
+        (torch.randn(1, *SHAPE),),
+        str(verbose),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    before = verbose.stat().st_size
+    x = torch.randn(6, *SHAPE)
+    expected = onnx_forward(onnx_session(verbose))(x)
+    compact_onnx(verbose)
+    assert verbose.stat().st_size < before
+    assert torch.equal(onnx_forward(onnx_session(verbose))(x), expected)
+
+
+def test_the_int8_onnx_student_is_quantised_per_channel_and_agrees_with_the_float_one(student, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    reference = torch.jit.script(student).eval()
+    float_path = tmp_path / "student.onnx"
+    export_onnx(student, float_path, SHAPE, reference)
+    calibration = _gaussian(8)
+    forward = quantize_onnx(float_path, tmp_path / "student_int8.onnx", calibration)
+    graph = onnx.load(str(tmp_path / "student_int8.onnx")).graph
+    ops = {node.op_type for node in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    # Every convolution's weight is stored in int8, with one scale per output channel.
+    arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    for conv in (node for node in graph.node if node.op_type == "Conv"):
+        dequantise = producers[conv.input[1]]
+        assert dequantise.op_type == "DequantizeLinear"
+        weight, scale = arrays[dequantise.input[0]], arrays[dequantise.input[1]]
+        assert weight.dtype.name == "int8" and scale.shape == (weight.shape[0],)
+    assert (tmp_path / "student_int8.onnx").stat().st_size * 2.5 < float_path.stat().st_size
+    x = torch.randn(256, *SHAPE)
+    with torch.no_grad():
+        expected = reference(x)
+    answer = forward(x)
+    assert answer.shape == expected.shape
+    assert float((answer - expected).norm() / expected.norm()) < 0.1
+    assert float((answer.argmax(1) == expected.argmax(1)).float().mean()) > 0.9
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_onnx_runtime_runs_every_convolution_of_the_int8_onnx_student_in_int8(student, tmp_path):
+    import onnx
+    import onnxruntime
+
+    reference = torch.jit.script(student).eval()
+    export_onnx(student, tmp_path / "student.onnx", SHAPE, reference)
+    quantize_onnx(tmp_path / "student.onnx", tmp_path / "student_int8.onnx", _gaussian(4))
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "as_run.onnx")  # the graph ONNX Runtime runs
+    options.log_severity_level = 3
+    onnxruntime.InferenceSession(
+        str(tmp_path / "student_int8.onnx"), options, providers=["CPUExecutionProvider"]
+    )
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "as_run.onnx")).graph.node]
+    convolutions = sum(op == "Conv" for op in ops) + sum(op == "QLinearConv" for op in ops)
+    assert convolutions > 0 and ops.count("QLinearConv") == convolutions, ops
+
+
+def test_a_file_onnx_runtime_cannot_quantise_is_an_error_and_leaves_nothing(tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")
+    with pytest.raises(UnsupportedModelError, match="int8 ONNX"):
+        quantize_onnx(broken, tmp_path / "int8.onnx", _gaussian(2))
+    assert {p.name for p in tmp_path.iterdir()} == {"broken.onnx"}
+
+
 def test_an_onnx_file_that_froze_the_batch_size_is_refused(tmp_path):
     from .models import TinyCNN, torchscript_bytes
 
@@ -216,6 +307,16 @@ def test_a_compress_run_with_quantize_int8_writes_both_students(tmp_path):
     assert report.int8.agreement.samples == report.agreement.samples  # the same probes as the float one
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["int8"]["file"] == "student_int8.pt" and saved["onnx"]["file"] == "student.onnx"
+    # The int8 ONNX file: quantised from the float ONNX file, judged on the same probes.
+    onnx = report.int8.onnx
+    assert onnx is not None and onnx.file == "student_int8.onnx" == report.artifacts.student_int8_onnx
+    assert onnx.file_size == (tmp_path / "out" / onnx.file).stat().st_size
+    assert onnx.float_file_size == (tmp_path / "out" / "student.onnx").stat().st_size
+    assert onnx.agreement is not None and onnx.agreement.samples == report.agreement.samples
+    assert onnx.agreement_with_student is not None and 0.0 <= onnx.agreement_with_student <= 1.0
+    assert onnx.latency_ms is not None and set(onnx.latency_ms.after) == {"batch_1", "batch_64"}
+    session = onnx_session(tmp_path / "out" / onnx.file)
+    assert onnx_forward(session)(torch.randn(3, 1, 8, 8)).shape == (3, 3)
 
 
 def test_a_quantize_run_makes_an_int8_teacher_and_no_student(tmp_path):
@@ -228,8 +329,9 @@ def test_a_quantize_run_makes_an_int8_teacher_and_no_student(tmp_path):
         model, CompressionSpec(input_shape=(1, 8, 8), preset="quick", task="quantize"), tmp_path / "out"
     )
     assert report.task == "quantize" and report.int8 is not None and report.prior == "synthesis"
-    written = {path.name for path in (tmp_path / "out").iterdir()}
-    assert written == {"student_int8.pt", "report.json"}
+    written = {path.name for path in (tmp_path / "out").iterdir()}  # no float ONNX of the teacher left
+    assert written == {"student_int8.pt", "student_int8.onnx", "report.json"}
+    assert report.int8.onnx is not None and report.artifacts.student_int8_onnx == "student_int8.onnx"
     assert report.file_size_after == (tmp_path / "out" / "student_int8.pt").stat().st_size
     assert report.file_size_after is not None and report.file_size_after < report.file_size_before
     # Judged against the teacher itself: the probes' classes are the float teacher's.

@@ -247,6 +247,11 @@ def test_an_int8_job_serves_an_int8_student_and_onnx(client, settings, tiny_mode
     session = onnxruntime.InferenceSession(onnx.content, providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"input": torch.randn(6, 1, 8, 8).numpy()})
     assert logits.shape == (6, 3)
+    int8_onnx = client.get(f"/v1/jobs/{job_id}/model_int8.onnx", headers=auth())
+    assert len(int8_onnx.content) == job["report"]["int8"]["onnx"]["file_size"]
+    session = onnxruntime.InferenceSession(int8_onnx.content, providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"input": torch.randn(5, 1, 8, 8).numpy()})
+    assert logits.shape == (5, 3)
 
 
 def test_a_quantize_job_serves_the_int8_teacher_only(client, settings, tiny_model_bytes, tmp_path):
@@ -255,7 +260,9 @@ def test_a_quantize_job_serves_the_int8_teacher_only(client, settings, tiny_mode
     assert execute_job(job_id, settings) == "succeeded"
     job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
     assert job["spec"]["quantize"] == "int8" and job["progress"] == 1.0
-    assert "model_int8" in job["links"] and not {"model", "model.onnx"} & set(job["links"])
+    assert {"model_int8", "model_int8.onnx"} <= set(job["links"]) and not {"model", "model.onnx"} & set(
+        job["links"]
+    )
     (tmp_path / "int8.pt").write_bytes(client.get(f"/v1/jobs/{job_id}/model_int8", headers=auth()).content)
     assert torch.jit.load(str(tmp_path / "int8.pt"))(torch.randn(2, 1, 8, 8)).shape == (2, 3)
 

@@ -15,6 +15,7 @@ const DOWNLOADS = [
   ["model", "Student model", "student.pt"],
   ["model_int8", "Int8 student", "student_int8.pt"],
   ["model.onnx", "Student (ONNX)", "student.onnx"],
+  ["model_int8.onnx", "Int8 student (ONNX)", "student_int8.onnx"],
   ["report", "Report (JSON)", "report.json"],
   ["samples.png", "Samples (PNG)", "samples.png"],
   ["latent_walk.png", "Latent walk (PNG)", "latent_walk.png"],
@@ -124,6 +125,18 @@ function int8Rows(report, lat) {
     ["Int8 MACs per input", report.macs_before, int8.macs ?? undefined, integer],
     ["Int8 CPU latency, batch 1", lat("before", 1), ms(1), (v) => `${number(v)} ms`, "faster", "slower"],
     ["Int8 CPU latency, batch 64", lat("before", 64), ms(64), (v) => `${number(v)} ms`, "faster", "slower"],
+    ...int8OnnxRows(int8.onnx),
+  ];
+}
+
+/** The int8 ONNX file against the float ONNX file it was quantised from (ONNX Runtime times). */
+function int8OnnxRows(onnx) {
+  if (!onnx || !onnx.file) return [];
+  const ms = (side, batch) => ((onnx.latency_ms || {})[side] || {})[`batch_${batch}`];
+  return [
+    ["Int8 ONNX file size (float ONNX before)", onnx.float_file_size ?? undefined, onnx.file_size, bytes],
+    ["ONNX Runtime latency, batch 1", ms("before", 1), ms("after", 1), (v) => `${number(v)} ms`, "faster", "slower"],
+    ["ONNX Runtime latency, batch 64", ms("before", 64), ms("after", 64), (v) => `${number(v)} ms`, "faster", "slower"],
   ];
 }
 
