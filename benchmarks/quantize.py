@@ -142,6 +142,8 @@ def compress_rows(teacher: Teacher, seed: int) -> list[dict[str, Any]]:
             "wall_s": round(wall, 1),
         }
         onnx_row = _onnx_row(report, Path(out), teacher, common, "tucker + int8, ONNX")
+        # The same run's float student, for the extra loss where its own row was measured before.
+        onnx_row["float_accuracy"] = float_accuracy
     common = {
         "member": teacher.member.name,
         "seed": seed,
