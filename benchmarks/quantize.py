@@ -54,18 +54,6 @@ def _load(path: Path) -> torch.jit.ScriptModule:
     return torch.jit.load(str(path), map_location="cpu").eval()
 
 
-def _score_onnx(path: Path, teacher: Teacher) -> float:
-    """Real accuracy of an ONNX file in ONNX Runtime on the teacher's held-out test split."""
-    forward = onnx_forward(onnx_session(path))
-    images, labels = teacher.test
-    correct = 0
-    for start in range(0, len(images), 1000):
-        correct += int(
-            (forward(images[start : start + 1000]).argmax(1) == labels[start : start + 1000]).sum()
-        )
-    return correct / len(images)
-
-
 def _onnx_row(
     report: Report, out: Path, teacher: Teacher, common: dict[str, Any], approach: str
 ) -> dict[str, Any]:
@@ -73,7 +61,7 @@ def _onnx_row(
     assert report.int8 is not None and report.int8.onnx is not None
     onnx = report.int8.onnx
     assert onnx.file is not None and onnx.latency_ms is not None, onnx.error
-    accuracy = _score_onnx(out / onnx.file, teacher)
+    accuracy = score(onnx_forward(onnx_session(out / onnx.file)), teacher)  # in ONNX Runtime
     return {
         **common,
         "approach": approach,
@@ -134,23 +122,19 @@ def compress_rows(teacher: Teacher, seed: int) -> list[dict[str, Any]]:
         assert report.int8 is not None and report.latency_ms is not None
         float_accuracy = score(_load(Path(out) / "student.pt"), teacher)
         int8_accuracy = score(_load(Path(out) / report.int8.file), teacher)
-        common = {
+        run_fields = {
             "member": teacher.member.name,
             "seed": seed,
             "prior": report.prior,
             "teacher_accuracy": teacher.accuracy,
             "wall_s": round(wall, 1),
         }
-        onnx_row = _onnx_row(report, Path(out), teacher, common, "tucker + int8, ONNX")
+        onnx_row = _onnx_row(report, Path(out), teacher, run_fields, "tucker + int8, ONNX")
         # The same run's float student, for the extra loss where its own row was measured before.
         onnx_row["float_accuracy"] = float_accuracy
     common = {
-        "member": teacher.member.name,
-        "seed": seed,
-        "prior": report.prior,
-        "teacher_accuracy": teacher.accuracy,
+        **run_fields,
         "file_before": report.file_size_before,
-        "wall_s": round(wall, 1),
         "onnx_max_abs_difference": report.onnx.max_abs_difference if report.onnx else None,
         "onnx_error": report.onnx.error if report.onnx else None,
     }

@@ -544,7 +544,7 @@ def store_teacher(teacher: Teacher, store: Path | None = None) -> Path:
     return target
 
 
-def score(model: nn.Module, teacher: Teacher) -> float:
+def score(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], teacher: Teacher) -> float:
     """Real accuracy in [0, 1] on the teacher's held-out test split."""
     return accuracy(model, teacher.test[0], teacher.test[1])
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,9 +45,16 @@ def mnist_test_set(directory: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy of ``model`` on a labelled set, in [0, 1]."""
-    first = next(iter(model.parameters()), None)  # a frozen int8 model has none: it runs on the CPU
+def accuracy(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 1000,
+) -> float:
+    """Top-1 accuracy of ``model`` (or any function of a batch, an ONNX Runtime session's, say)
+    on a labelled set, in [0, 1]."""
+    # A frozen int8 model has no parameters, nor has a function: they run on the CPU.
+    first = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
     device = first.device if first is not None else torch.device("cpu")
     correct = 0
     for start in range(0, len(images), batch_size):
