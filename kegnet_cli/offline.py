@@ -98,7 +98,7 @@ def _int8_and_onnx_lines(report: Report) -> list[str]:
             side = report.latency_ms.before if report.task == "quantize" else report.latency_ms.after
             float_ms, int8_ms = side.get("batch_64"), int8.latency_ms.get("batch_64")
             if float_ms and int8_ms:
-                speed = f", {float_ms / int8_ms:.2f}x the {compared}'s speed at batch 64"
+                speed = f", {_speed(float_ms, int8_ms)} than the {compared} at batch 64"
         kind = "model" if report.task == "quantize" else "student"
         shape = ""
         if int8.parameters is not None and int8.macs is not None:
@@ -119,6 +119,13 @@ def _int8_and_onnx_lines(report: Report) -> list[str]:
     return lines
 
 
+def _speed(before_ms: float, after_ms: float) -> str:
+    """How much faster (or, plainly, slower) a model of ``after_ms`` runs than one of ``before_ms``."""
+    if after_ms <= before_ms:
+        return f"{before_ms / after_ms:.2f}x faster"
+    return f"{after_ms / before_ms:.2f}x slower"
+
+
 def _int8_onnx_lines(report: Report, kind: str) -> list[str]:
     onnx = report.int8.onnx if report.int8 is not None else None
     if onnx is None:
@@ -134,7 +141,7 @@ def _int8_onnx_lines(report: Report, kind: str) -> list[str]:
     if onnx.latency_ms is not None:
         float_ms, int8_ms = onnx.latency_ms.before.get("batch_64"), onnx.latency_ms.after.get("batch_64")
         if float_ms and int8_ms:
-            speed = f", {float_ms / int8_ms:.2f}x its speed in ONNX Runtime at batch 64"
+            speed = f", {_speed(float_ms, int8_ms)} than the float ONNX in ONNX Runtime at batch 64"
     agrees = f"{onnx.agreement_with_student * 100:.2f}%" if onnx.agreement_with_student is not None else "?"
     return [
         f"int8 ONNX: {onnx.file} ({_human_bytes(onnx.file_size)}{smaller}{speed}); agrees with the float "

@@ -100,6 +100,11 @@ _STATIC_OF_EXAMPLE = {"aten::dim", "prim::dtype", "prim::layout", "prim::is_cuda
 # Ops that only warn or check and have no result we need.
 _IGNORED = {"aten::warn", "prim::AutogradAllZero", "aten::_assert_tensor_metadata"}
 
+# Queries of the autograd state, answered as the student will be trained: with gradients on, so a
+# layer with a fused inference-only path (nn.MultiheadAttention's, whose fused op has no
+# derivative) takes its plain, differentiable one.
+_TRAINING_STATE = {"aten::is_grad_enabled": True, "aten::is_autocast_enabled": False}
+
 
 def _contains_node(value: Any) -> bool:
     if isinstance(value, fx.Node):
@@ -144,6 +149,7 @@ class _GraphBuilder:
             "prim::If": self._prim_if,
             "prim::Loop": self._prim_loop,
             "prim::TupleUnpack": self._prim_list_unpack,
+            "prim::DictConstruct": self._prim_dict_construct,
         }
 
     # -- values -------------------------------------------------------------
@@ -194,7 +200,9 @@ class _GraphBuilder:
         if node is None:
             self.tensors[path] = (tensor, is_param)
             node = self.graph.get_attr(path)
-            self.examples[node] = tensor.detach().clone()
+            # A parameter's example requires grad, as the student's will when it trains.
+            example = tensor.detach().clone()
+            self.examples[node] = example.requires_grad_(is_param and tensor.is_floating_point())
             self.attr_nodes[path] = node
         return node
 
@@ -234,10 +242,18 @@ class _GraphBuilder:
         handler = self.handlers.get(kind)
         if handler is not None:
             results = handler(node, inputs)
+        elif kind in _TRAINING_STATE:
+            results = [_TRAINING_STATE[kind]]
         elif kind in _IGNORED:
             results = [None] * len(outputs)
         elif kind in _STATIC_OF_EXAMPLE:
             results = [_static_of_example(kind, self.concrete(inputs[0]))]
+        elif kind in ("aten::__is__", "aten::__isnot__"):
+            # Identity (``x is None`` on an Optional[Tensor]) is known when the graph is built.
+            left, right = self.concrete(inputs[0]), self.concrete(inputs[1])
+            results = [(left is right) if kind == "aten::__is__" else (left is not right)]
+        elif kind == "aten::slice" and isinstance(self.concrete(inputs[0]), (list, tuple)):
+            results = [self.emit(_list_slice, inputs) if _contains_node(inputs) else _list_slice(*inputs)]
         elif kind in _SCALAR_OPS and not any(_is_tensor_value(value) for value in node.inputs()):
             function = _SCALAR_OPS[kind]
             results = [self.emit(function, inputs) if _contains_node(inputs) else function(*inputs)]
@@ -257,7 +273,14 @@ class _GraphBuilder:
             )
         args, kwargs = _split_keyword_only(node, inputs)
         if not _contains_node(inputs) and not any(_is_tensor_value(value) for value in node.outputs()):
-            result = packet(*args, **kwargs)
+            try:
+                result = packet(*args, **kwargs)
+            except Exception as exc:
+                raise UnsupportedModelError(
+                    f"the model uses {node.kind()} in a way kegnet cannot rewrite{_where(node)}: "
+                    f"{_last_line(exc)}",
+                    field="model",
+                ) from exc
         else:
             result = self.emit(packet, args, kwargs)
             if _mutates(node):
@@ -298,6 +321,9 @@ class _GraphBuilder:
 
     def _prim_list_construct(self, node: torch._C.Node, inputs: list[Any]) -> list[Any]:
         return [list(inputs)]
+
+    def _prim_dict_construct(self, node: torch._C.Node, inputs: list[Any]) -> list[Any]:
+        return [dict(zip(inputs[::2], inputs[1::2], strict=True))]
 
     def _prim_tuple_construct(self, node: torch._C.Node, inputs: list[Any]) -> list[Any]:
         return [tuple(inputs)]
@@ -400,6 +426,20 @@ def _static_of_example(kind: str, tensor: torch.Tensor) -> Any:
     if kind == "prim::is_cuda":
         return tensor.is_cuda
     return tensor.requires_grad
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[-1].strip() if lines else type(exc).__name__
+
+
+def _list_slice(
+    values: list[int], start: int | None = None, end: int | None = None, step: int = 1
+) -> list[int]:
+    """``aten::slice.t``: a slice of a list of sizes (``x.shape[2:]``), which
+    ``torch.ops.aten.slice`` cannot take from Python.  Typed for TorchScript, which compiles it
+    with the rest of the student."""
+    return values[start:end:step]
 
 
 def _where(node: torch._C.Node) -> str:
@@ -598,7 +638,16 @@ def check_same_function(
     with torch.no_grad():
         for batch in batch_sizes:
             x = torch.randn(batch, *input_shape, generator=generator)
-            expected, actual = reference(x), candidate(x)
+            try:
+                expected = reference(x)
+            except Exception as exc:  # e.g. traced with its example's batch size baked into a reshape
+                raise ModelRunError(
+                    f"the model fails at batch size {batch} (it ran at batch size 2): {_last_line(exc)}; "
+                    "a model traced with torch.jit.trace may have its example's batch size fixed in a "
+                    "reshape (use x.flatten(1) or x.view(x.size(0), -1)), or script it",
+                    field="model",
+                ) from exc
+            actual = candidate(x)
             if not isinstance(expected, torch.Tensor) or expected.shape != actual.shape:
                 raise UnsupportedModelError(
                     f"the rewritten model's output shape {tuple(actual.shape)} differs from the "
@@ -631,6 +680,35 @@ def load_classifier(
             f"input_shape must be positive sizes, got {list(input_shape)}", field="input_shape"
         )
     script = load_torchscript(source, limits)
+    kinds = sorted({str(p.dtype).removeprefix("torch.") for p in script.parameters()} - {"float32"})
+    if kinds:
+        raise UnsupportedModelError(
+            f"the model's weights are {', '.join(kinds)}; kegnet compresses float32 models "
+            "(save it after model.float())",
+            field="model",
+        )
     gm = script_to_graph_module(script, input_shape)
     check_same_function(script, gm, input_shape)
+    check_trainable(gm, input_shape)
     return gm
+
+
+def check_trainable(model: nn.Module, input_shape: Sequence[int]) -> None:
+    """Refuse a model that gradients cannot pass through, before any training.
+
+    Synthesis differentiates the teacher with respect to its input and distillation the student
+    with respect to its weights; one backward pass on two random inputs finds an operator with
+    no derivative now rather than minutes into the job.  The model's gradients are left clear."""
+    x = torch.randn(2, *input_shape, requires_grad=True)
+    try:
+        with torch.enable_grad():
+            output = model(x)
+            if output.requires_grad:
+                output.float().sum().backward()
+    except RuntimeError as exc:
+        raise UnsupportedModelError(
+            f"kegnet cannot train through the model: {_last_line(exc)}", field="model"
+        ) from exc
+    finally:
+        for parameter in model.parameters():
+            parameter.grad = None

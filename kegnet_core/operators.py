@@ -61,13 +61,21 @@ batch_norm layer_norm group_norm instance_norm native_batch_norm native_layer_no
 relu relu_ relu6 hardtanh hardtanh_ leaky_relu leaky_relu_ elu elu_ selu selu_ celu gelu silu silu_
 mish hardswish hardswish_ hardsigmoid hardsigmoid_ softplus softsign softmax log_softmax
 _softmax _log_softmax prelu glu threshold threshold_
-dropout dropout_ feature_dropout alpha_dropout feature_alpha_dropout
+relu6_ mish_ celu_ log_sigmoid hardshrink softshrink rrelu rrelu_
+dropout dropout_ feature_dropout feature_dropout_ alpha_dropout alpha_dropout_ feature_alpha_dropout
+feature_alpha_dropout_
 max_pool1d max_pool2d max_pool3d max_pool1d_with_indices max_pool2d_with_indices avg_pool1d avg_pool2d
 avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d
 adaptive_max_pool2d adaptive_max_pool3d lp_pool2d pixel_shuffle pixel_unshuffle channel_shuffle
-upsample_nearest1d upsample_nearest2d upsample_bilinear2d upsample_bicubic2d upsample_linear1d
+upsample_nearest1d upsample_nearest2d upsample_nearest3d upsample_bilinear2d upsample_bicubic2d
+upsample_linear1d upsample_trilinear3d _upsample_nearest_exact1d _upsample_nearest_exact2d
+_upsample_nearest_exact3d _upsample_bilinear2d_aa _upsample_bicubic2d_aa _upsample_lanczos2d_aa im2col col2im
 __interpolate interpolate grid_sampler affine_grid_generator pad constant_pad_nd reflection_pad1d
-reflection_pad2d replication_pad1d replication_pad2d cosine_similarity pairwise_distance cdist
+reflection_pad2d reflection_pad3d replication_pad1d replication_pad2d replication_pad3d cosine_similarity
+pairwise_distance cdist
+lstm gru rnn_tanh rnn_relu
+_native_multi_head_attention _transformer_encoder_layer_fwd _nested_tensor_from_mask
+_nested_tensor_from_mask_left_aligned to_padded_tensor is_grad_enabled is_autocast_enabled
 """
 _SHAPES = """
 view reshape flatten unflatten squeeze squeeze_ unsqueeze unsqueeze_ permute transpose transpose_ t
@@ -78,7 +86,7 @@ masked_select nonzero size dim numel len __getitem__ list __len__ __contains__ _
 __not__ __and__ __or__ __xor__ __derive_index __range_length Int Float Bool ScalarImplicit
 to type_as detach detach_ clone copy_ fill_ zero_ float int long double half bool item
 zeros zeros_like ones ones_like full full_like empty empty_like arange linspace eye tensor
-scalar_tensor new_zeros new_ones new_full new_empty lift_fresh lift_fresh_copy alias
+IntImplicit scalar_tensor new_zeros new_ones new_full new_empty lift_fresh lift_fresh_copy alias
 one_hot floordiv format str warn append extend insert pop dict keys values items
 __getitem__ __setitem__ device is_floating_point dtype requires_grad_
 """
@@ -86,7 +94,7 @@ _PRIM = """
 Constant GetAttr If Loop ListConstruct ListUnpack TupleConstruct TupleUnpack TupleIndex
 DictConstruct Uninitialized unchecked_cast RaiseException device dtype NumToTensor min max
 shape dim layout is_cuda isinstance CallMethod CallFunction Enter Exit Return BroadcastSizes
-ListIndex TupleSlice abs data requires_grad Guard
+ListIndex TupleSlice abs data requires_grad Guard is_nested type
 """
 
 ALLOWED: frozenset[str] = frozenset(
@@ -318,7 +326,13 @@ def check_script_module(script: torch.jit.ScriptModule) -> None:
     frozen = torch.jit.freeze(copy.deepcopy(script).eval())
     for node in _graph_nodes(frozen.graph):
         if node.kind().startswith("aten::") and _writes_own_state(node):
+            # A model traced in training mode keeps BatchNorm's update of its running statistics.
+            hint = (
+                "; it was saved in training mode: call model.eval() before torch.jit.trace"
+                if script.training
+                else ""
+            )
             raise ForbiddenOperatorError(
                 f"the model uses {node.kind()} on one of its own tensors, which is refused because "
-                "it changes the model's own state between calls (in forward)"
+                f"it changes the model's own state between calls (in forward){hint}"
             )

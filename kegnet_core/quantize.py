@@ -402,7 +402,10 @@ def export_onnx(
     except UnsupportedModelError:
         raise
     except Exception as exc:  # an op the exporter or ONNX Runtime does not know
-        raise UnsupportedModelError(f"the student could not be exported to ONNX: {exc}") from exc
+        # The exporter's first sentence says what it could not do; the rest is its graph dump.
+        first = str(exc).strip().split("  [Caused by", 1)[0].splitlines()
+        reason = first[0].strip() if first else type(exc).__name__
+        raise UnsupportedModelError(f"the student could not be exported to ONNX: {reason}") from exc
     finally:
         Path(scratch).unlink(missing_ok=True)
     return difference

@@ -545,6 +545,15 @@ def _choose_layers(
     chosen: dict[str, nn.Conv2d | nn.Linear] = {}
     for name in layers:
         if name not in candidates:
+            module = all_modules.get(name)
+            holds_weight = module is not None and "weight" in dict(module.named_parameters(recurse=False))
+            if type(module) is nn.Module and holds_weight:
+                raise SpecError(
+                    f"layer {name!r} holds weights that its model does not use as one Conv2d or Linear "
+                    "layer (they are used by more than one call, or as a transposed or non-2-D "
+                    "convolution), so it cannot be factorised",
+                    field="layers",
+                )
             if name in all_modules:
                 raise SpecError(
                     f"layer {name!r} is a {type(all_modules[name]).__name__}; only Conv2d (groups=1) "
@@ -635,9 +644,32 @@ def _auto_plan(model: nn.Module) -> CompressionPlan:
     except SpecError:
         ordered = _execution_order(model)
         wider = [name for name in ordered[:-1]] if len(ordered) > 1 else ordered
-        if set(wider) == set(default_layers(model)):
-            raise
-        return plan_compression(model, layers=wider, ranks="evbmf", target_ratio=AUTO_RATIO)
+        try:
+            if set(wider) == set(default_layers(model)):
+                raise
+            return plan_compression(model, layers=wider, ranks="evbmf", target_ratio=AUTO_RATIO)
+        except SpecError as exc:
+            raise _auto_out_of_reach(model, wider) from exc
+
+
+def _auto_out_of_reach(model: nn.Module, layers: Sequence[str]) -> SpecError:
+    """Why ``ranks="auto"`` (which the user may never have named) cannot make ``model``
+    :data:`AUTO_RATIO` times smaller, and what to ask for instead."""
+    candidates = factorisable_layers(model)
+    chosen = {name: candidates[name] for name in layers if name in candidates}
+    total = sum(p.numel() for p in model.parameters())
+    reach = _make_plan(chosen, {name: (1, 1) for name in chosen}, total, keep_all=False).compression_ratio
+    ordered = _execution_order(model)
+    output = f" and the output layer {ordered[-1]!r}" if ordered else ""
+    untouched = 1 - sum(dense_params(module) for module in chosen.values()) / max(1, total)
+    return SpecError(
+        f"the default ranks ('auto') make a model {AUTO_RATIO:g}x smaller, which this one cannot be: "
+        f"factorising every layer but the output one, at rank 1, gives {reach:.2f}x "
+        f"({untouched:.0%} of the parameters are in layers that cannot be factorised{output}); "
+        f"ask for less (target_ratio below {reach:.2f}) or name the layers to factorise, the output "
+        "layer among them",
+        field="ranks",
+    )
 
 
 def _make_plan(

@@ -133,3 +133,10 @@ def test_budget_option_becomes_the_specs_seconds(capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit):
         parser.parse_args(["--input-shape", "64", "--budget", "soon"])
     assert "--budget: a duration looks like 90s, 15m, 1h30m" in capsys.readouterr().err
+
+
+def test_a_slower_int8_model_is_called_slower():
+    from kegnet_cli.offline import _speed
+
+    assert _speed(1.0, 2.5) == "2.50x slower"
+    assert _speed(2.0, 1.0) == "2.00x faster"

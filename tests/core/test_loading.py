@@ -149,3 +149,113 @@ def test_in_place_ops_are_kept_when_their_result_is_unused():
     x = torch.randn(5, 4)
     with torch.no_grad():
         assert torch.allclose(model(x), original(x), atol=1e-6)
+
+
+class _Everyday(nn.Module):
+    """Layers users upload that scripting compiles with branches never taken: in-place
+    activations, channel dropout, upsampling by size of a slice of the input's shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mish = nn.Mish(inplace=True)
+        self.celu = nn.CELU(inplace=True)
+        self.drop = nn.Dropout2d(0.1)
+        self.mid = nn.Conv2d(8, 8, 3, padding=1, stride=2)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.drop(self.celu(self.mish(self.stem(x))))
+        z = nn.functional.relu6(self.mid(y), inplace=True)
+        z = nn.functional.interpolate(z, size=x.shape[2:], mode="bilinear", align_corners=False)
+        return self.head((z + y).mean((2, 3)))
+
+
+class _Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 16, 4, stride=4)
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 1, enable_nested_tensor=False
+        )
+        self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.encoder(self.embed(x).flatten(2).transpose(1, 2))
+        return self.head(self.attention(tokens, tokens, tokens)[0].mean(1))
+
+
+@pytest.mark.parametrize("factory", [_Everyday, _Attention], ids=["everyday", "attention"])
+def test_scripted_everyday_layers_load_and_train(factory):
+    torch.manual_seed(0)
+    original = factory().eval()
+    model = load_classifier(torchscript_bytes(original, (3, 16, 16)), (3, 16, 16))
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(model(x), original(x), atol=1e-5)
+    model.train()
+    model(x).square().mean().backward()  # the plain path, not an inference-only fused op
+    assert all(p.grad is not None for p in model.parameters())
+    assert isinstance(model.get_submodule("head"), nn.Linear)
+
+
+def test_a_model_traced_at_one_batch_size_is_refused_clearly():
+    class FixedBatch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(12, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.reshape(2, -1))
+
+    with pytest.raises(ModelRunError, match=r"batch size 1.*reshape"):
+        load_classifier(torchscript_bytes(FixedBatch(), (12,), trace=True), (12,))
+
+
+def test_a_float64_model_is_refused_naming_its_dtype():
+    with pytest.raises(UnsupportedModelError, match=r"float64.*model.float"):
+        load_classifier(torchscript_bytes(TinyMLP().double(), (12,)), (12,))
+
+
+def test_a_dict_output_is_refused_as_not_one_tensor():
+    class Named(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.fc(x)}
+
+    with pytest.raises(UnsupportedModelError, match=r"one tensor.*returns dict"):
+        load_classifier(torchscript_bytes(Named(), (4,)), (4,))
+
+
+def test_a_model_gradients_cannot_pass_is_refused_before_training():
+    class Fused(nn.Module):
+        """Attention through the fused inference-only op, which has no derivative."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = nn.MultiheadAttention(4, 1, batch_first=True)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = self.attention
+            y = torch._native_multi_head_attention(
+                x, x, x, 4, 1, a.in_proj_weight, a.in_proj_bias, a.out_proj.weight, a.out_proj.bias
+            )[0]
+            return self.fc(y.mean(1))
+
+    data = torchscript_bytes(Fused().eval(), (3, 4))
+    with pytest.raises(UnsupportedModelError, match="cannot train through") as caught:
+        load_classifier(data, (3, 4))
+    assert caught.value.field == "model"
+
+
+def test_the_training_check_leaves_no_gradients():
+    from kegnet_core.loading import check_trainable
+
+    model = load_classifier(torchscript_bytes(TinyCNN(), (1, 8, 8)), (1, 8, 8))
+    check_trainable(model, (1, 8, 8))
+    assert all(p.grad is None for p in model.parameters())

@@ -65,3 +65,29 @@ def test_a_method_forward_never_calls_is_checked_too(tmp_path: Path):
     for check in (check_archive_code, load_torchscript):
         with pytest.raises(ForbiddenOperatorError, match=r"aten::from_file.*leak"):
             check(path)
+
+
+def test_scripted_layers_with_untaken_branches_pass_both_checks(tmp_path: Path):
+    """Scripting compiles both sides of ``if inplace:``, F.interpolate's every mode and
+    attention's nested-tensor path; every op there is pure and must not be refused."""
+    layers = [
+        nn.Mish(inplace=True),
+        nn.CELU(inplace=True),
+        nn.Dropout2d(inplace=True),
+        nn.Upsample(scale_factor=2.0, mode="bilinear"),
+        nn.MultiheadAttention(8, 2, batch_first=True),
+        nn.TransformerEncoderLayer(8, 2, 16, batch_first=True),
+    ]
+    for index, layer in enumerate(layers):
+        path = tmp_path / f"{index}.pt"
+        torch.jit.save(torch.jit.script(layer.eval()), str(path))
+        check_archive_code(path)
+        load_torchscript(path)
+
+
+def test_a_model_traced_in_training_mode_is_told_to_call_eval(tmp_path: Path):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 3)).train()
+    path = tmp_path / "train.pt"
+    torch.jit.save(torch.jit.trace(model, torch.randn(2, 1, 8, 8)), str(path))
+    with pytest.raises(ForbiddenOperatorError, match=r"training mode: call model\.eval\(\)"):
+        load_torchscript(path)

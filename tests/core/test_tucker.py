@@ -240,6 +240,36 @@ def test_auto_ranks_take_the_first_layer_when_the_others_cannot_halve_the_model(
     assert "0" in plan.ranks and "4" not in plan.ranks
 
 
+def test_auto_ranks_out_of_reach_say_what_to_ask_for_instead():
+    # A wide output layer (many classes) holds most of the parameters: halving is out of reach.
+    wide_output = nn.Sequential(
+        nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1000)
+    )
+    with pytest.raises(SpecError) as caught:
+        plan_compression(wide_output)
+    assert caught.value.field == "ranks"
+    message = caught.value.message
+    assert "default ranks ('auto')" in message and "output layer '4'" in message
+    reach = float(message.split("target_ratio below ")[1].split(")")[0])
+    plan = plan_compression(wide_output, target_ratio=reach * 0.98, layers=["0", "2"])
+    assert plan.compression_ratio >= reach * 0.98  # what the message offers is reachable
+
+
+def test_shared_weights_are_named_as_the_reason_a_layer_cannot_be_factorised():
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(4, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.c(self.c(x)).mean((2, 3)))
+
+    model = load_classifier(torchscript_bytes(Shared(), (4, 8, 8)), (4, 8, 8))
+    with pytest.raises(SpecError, match=r"'c' holds weights.*more than one call"):
+        plan_compression(model, layers=["c"], ranks="evbmf")
+
+
 def test_ranks_from_activations_follow_the_inputs_and_keep_the_ratio():
     from kegnet_core.tucker import plan_on_activations
 
