@@ -25,6 +25,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from kegnet_core.archive import ArchiveLimits
 from kegnet_core.errors import UnsupportedModelError
+from kegnet_core.loading import with_original_answers
 from kegnet_core.tucker import TuckerConv2d, TuckerLinear, cheapest_exact_form
 
 
@@ -299,6 +300,7 @@ def save_student(student: nn.Module, path: str | Path, input_shape: Sequence[int
     The file is still a plain TorchScript model with parameters: callers feed it the usual
     contiguous inputs."""
     path = Path(path)
+    student = with_original_answers(student)  # probabilities again, where the teacher gave them
     plain = copy.deepcopy(student).cpu().eval()
     model, folded = plain, 0
     if isinstance(plain, fx.GraphModule):

@@ -18,6 +18,7 @@ is lifted back into a real ``nn.Conv2d`` / ``nn.Linear`` at its module path
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import operator
@@ -712,3 +713,72 @@ def check_trainable(model: nn.Module, input_shape: Sequence[int]) -> None:
     finally:
         for parameter in model.parameters():
             parameter.grad = None
+
+
+# A classifier that answers in probabilities (it ends in softmax) is trained on their logarithm:
+# the losses and the quality estimate read a model's answers as logits, and the softmax of
+# probabilities is nearly flat (a textures CNN with a softmax appended learned nothing in
+# distillation: docs/design.md).  The nodes that say so carry this mark, and every file written
+# of the model has its answers as the user's model gave them.
+_LOG_OF_PROBABILITIES = "kegnet_log_of_probabilities"
+_LOG_FORMS = {ATEN.softmax: ATEN.log_softmax, ATEN._softmax: ATEN._log_softmax}
+_PROBABILITY_FLOOR = 1e-30
+
+
+def answers_probabilities(model: nn.Module, input_shape: Sequence[int], *, seed: int = 0) -> bool:
+    """Whether ``model``'s answers on random inputs are probabilities: in [0, 1], each row
+    summing to 1."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(16, *input_shape, generator=generator)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        answers = model(x.to(device)).float()
+    if answers.dim() != 2 or answers.size(1) < 2:
+        return False
+    sums = answers.sum(1)
+    return bool(answers.min() >= 0 and answers.max() <= 1 and (sums - 1).abs().max() <= 1e-4)
+
+
+def train_on_log_probabilities(model: fx.GraphModule, input_shape: Sequence[int]) -> bool:
+    """Where ``model`` answers in probabilities, make it answer their logarithm, in place: its
+    final softmax becomes log-softmax, or a log is appended.  Returns whether it did.
+    :func:`with_original_answers` undoes it."""
+    if not answers_probabilities(model, input_shape):
+        return False
+    output = next(node for node in model.graph.nodes if node.op == "output")
+    result = output.args[0]
+    assert isinstance(result, fx.Node)
+    if result.op == "call_function" and result.target in _LOG_FORMS and len(result.users) == 1:
+        result.target = _LOG_FORMS[result.target]
+        result.meta[_LOG_OF_PROBABILITIES] = "softmax"
+    else:
+        with model.graph.inserting_before(output):
+            floor = model.graph.call_function(ATEN.clamp_min, (result, _PROBABILITY_FLOOR))
+            log = model.graph.call_function(ATEN.log, (floor,))
+        floor.meta[_LOG_OF_PROBABILITIES] = "floor"
+        log.meta[_LOG_OF_PROBABILITIES] = "log"
+        output.args = (log,)
+    model.recompile()
+    return True
+
+
+def with_original_answers(model: nn.Module) -> nn.Module:
+    """``model`` answering as the user's model did (a copy where it was changed by
+    :func:`train_on_log_probabilities`; ``model`` itself otherwise)."""
+    if not isinstance(model, fx.GraphModule) or not any(
+        _LOG_OF_PROBABILITIES in node.meta for node in model.graph.nodes
+    ):
+        return model
+    model = copy.deepcopy(model)
+    output = next(node for node in model.graph.nodes if node.op == "output")
+    for node in reversed(list(model.graph.nodes)):
+        mark = node.meta.pop(_LOG_OF_PROBABILITIES, None)
+        if mark == "softmax":
+            node.target = next(plain for plain, log in _LOG_FORMS.items() if log is node.target)
+        elif mark == "log":
+            output.args = (node.args[0].args[0],)  # log(clamp_min(answer)) -> answer
+            floor = node.args[0]
+            model.graph.erase_node(node)
+            model.graph.erase_node(floor)
+    model.recompile()
+    return model

@@ -35,6 +35,7 @@ from torch.nn import functional as F
 
 from kegnet_core.errors import UnsupportedModelError
 from kegnet_core.export import atomic_save, fold_batch_norms, folded_or_as_trained
+from kegnet_core.loading import with_original_answers
 from kegnet_core.measure import latency_figure_s
 from kegnet_core.sources import SampleSource
 
@@ -160,7 +161,7 @@ def quantisable_form(model: nn.Module, input_shape: Sequence[int] | None = None)
     function is the same to float precision.
 
     Ops that write into their input (the loader marks them) are left as they are."""
-    model = copy.deepcopy(model).cpu().eval()
+    model = with_original_answers(copy.deepcopy(model).cpu().eval())
     if not isinstance(model, fx.GraphModule):
         return model, 0
     model, folded = fold_batch_norms(model)

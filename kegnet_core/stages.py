@@ -42,7 +42,7 @@ from kegnet_core.export import optimised_for_inference, save_generator, save_stu
 from kegnet_core.extraction import TrainedGenerator, extract_generators
 from kegnet_core.images import class_grid, latent_walk, sample_grid, save_png
 from kegnet_core.inspection import BatchNormTap, batch_norm_stats
-from kegnet_core.loading import load_classifier
+from kegnet_core.loading import load_classifier, train_on_log_probabilities
 from kegnet_core.measure import (
     callable_latency_ms,
     count_macs,
@@ -115,9 +115,17 @@ class Validated:
     plan_ratio: float | None = None  # the ratio the plan's ranks were searched for (None: fixed ranks)
     kept_dense: list[KeptDense] = field(default_factory=list)  # planned, but slower factorised
     timing_batch: int | None = None  # the batch the planned layers were timed at (plan_for_speed)
+    # "probabilities" where the teacher ends in softmax: it is trained on their logarithm, and
+    # every file written answers as the teacher did (kegnet_core.loading.train_on_log_probabilities).
+    answers: str = "logits"
 
-    def facts(self) -> dict[str, int]:
-        return {"batch_norm_layers": self.batch_norms, "macs": self.macs, "classes": self.n_classes}
+    def facts(self) -> dict[str, int | str]:
+        return {
+            "batch_norm_layers": self.batch_norms,
+            "macs": self.macs,
+            "classes": self.n_classes,
+            "answers": self.answers,
+        }
 
 
 @dataclass
@@ -193,6 +201,7 @@ def validate(
         check_model_in_sandbox(str(model_path), input_shape, sandbox)
     teacher = load_classifier(model_path, input_shape)
     macs = count_macs(teacher, input_shape)
+    answers = "probabilities" if train_on_log_probabilities(teacher, input_shape) else "logits"
     teacher = teacher.to(device).eval()
     batch_norms = len(batch_norm_stats(teacher))
     validated = Validated(
@@ -202,6 +211,7 @@ def validate(
         batch_norms=batch_norms,
         macs=macs,
         prior=resolve_prior(spec.prior, batch_norms, input_shape),
+        answers=answers,
     )
     if spec.task is Task.COMPRESS:
         plan = plan_compression(

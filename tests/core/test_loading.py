@@ -259,3 +259,50 @@ def test_the_training_check_leaves_no_gradients():
     model = load_classifier(torchscript_bytes(TinyCNN(), (1, 8, 8)), (1, 8, 8))
     check_trainable(model, (1, 8, 8))
     assert all(p.grad is None for p in model.parameters())
+
+
+class _Probabilities(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.fc1 = nn.Linear(6, 8)
+        self.fc2 = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.fc2(torch.relu(self.fc1(x)))
+        if self.how == "softmax":
+            return torch.softmax(logits, dim=1)
+        if self.how == "by hand":
+            exp = (logits - logits.max(1, keepdim=True)[0]).exp()
+            return exp / exp.sum(1, keepdim=True)
+        return logits
+
+
+@pytest.mark.parametrize("trace", [False, True], ids=["scripted", "traced"])
+@pytest.mark.parametrize("how", ["softmax", "by hand"])
+def test_a_model_answering_probabilities_trains_on_their_log(how, trace):
+    import copy
+
+    from kegnet_core.loading import train_on_log_probabilities, with_original_answers
+
+    torch.manual_seed(0)
+    original = _Probabilities(how).eval()
+    model = load_classifier(torchscript_bytes(original, (6,), trace), (6,))
+    assert train_on_log_probabilities(model, (6,))
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        assert torch.allclose(model(x), original(x).log(), atol=1e-5)
+        student = copy.deepcopy(model)  # a student is a copy of the teacher's graph
+        restored = with_original_answers(student)
+        assert torch.allclose(restored(x), original(x), atol=1e-6)
+        assert torch.allclose(student(x), original(x).log(), atol=1e-5)  # the copy is untouched
+    scripted = torch.jit.script(restored)
+    assert torch.allclose(scripted(x), original(x), atol=1e-6)
+
+
+def test_a_model_answering_logits_is_left_as_it_is():
+    from kegnet_core.loading import train_on_log_probabilities, with_original_answers
+
+    model = load_classifier(torchscript_bytes(_Probabilities("logits"), (6,)), (6,))
+    assert not train_on_log_probabilities(model, (6,))
+    assert with_original_answers(model) is model

@@ -291,3 +291,31 @@ def test_a_batch_too_big_for_memory_runs_in_chunks(tiny_cnn, tmp_path, monkeypat
     second = torch.jit.load(str(tmp_path / "tight" / "student.pt")).state_dict()
     for key, value in first.items():
         torch.testing.assert_close(second[key], value, rtol=1e-2, atol=1e-3)
+
+
+def test_a_softmax_teacher_gets_a_student_answering_probabilities(tmp_path):
+    class SoftmaxCnn(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = torch.nn.Sequential(
+                torch.nn.Conv2d(1, 8, 3, padding=1),
+                torch.nn.ReLU(),
+                torch.nn.Conv2d(8, 8, 3, padding=1),
+                torch.nn.ReLU(),
+                torch.nn.Flatten(),
+                torch.nn.Linear(8 * 8 * 8, 3),
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.inner(x), dim=1)
+
+    path = tmp_path / "softmax.pt"
+    path.write_bytes(torchscript_bytes(SoftmaxCnn(), (1, 8, 8)))
+    spec = _spec(layers=("inner.2",), ranks=0.5, quantize="int8")
+    report = run(path, spec, tmp_path / "out", measure_latency=False, device="cpu")
+    assert report.teacher["answers"] == "probabilities"
+    x = torch.randn(6, 1, 8, 8)
+    for name in (report.artifacts.student, report.int8.file if report.int8 else None):
+        assert name is not None
+        answers = torch.jit.load(str(tmp_path / "out" / name))(x)
+        assert bool((answers >= 0).all()) and torch.allclose(answers.sum(1), torch.ones(6), atol=1e-3)
