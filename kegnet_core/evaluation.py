@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kegnet_core.distill import agreement
 from kegnet_core.zoo import MNIST_MEAN, MNIST_STD
 
 
@@ -56,8 +57,4 @@ def accuracy(
     # A frozen int8 model has no parameters, nor has a function: they run on the CPU.
     first = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
     device = first.device if first is not None else torch.device("cpu")
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        logits = model(images[start : start + batch_size].to(device))
-        correct += int((logits.argmax(1).cpu() == labels[start : start + batch_size]).sum())
-    return correct / len(images)
+    return agreement(lambda batch: model(batch.to(device)).cpu(), images, labels, batch=batch_size)
