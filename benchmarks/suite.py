@@ -57,7 +57,8 @@ LABELS = {
     "kegnet": "T + KegNet",
     "default": "`default`",
 }
-IMAGE_ONLY = ("strokes", "procedural")
+IMAGE_ONLY = ("strokes",)
+IMAGE_OR_SIGNAL = ("procedural",)
 # Training generators on the big teachers takes longer than the whole `default` run
 # several times over; the KegNet row is measured on teachers up to this many MACs.
 KEGNET_MAX_MACS = 10_000_000
@@ -75,7 +76,8 @@ def students(name: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def applies(approach: str, teacher: Teacher, macs: int) -> bool:
-    if approach in IMAGE_ONLY and len(teacher.member.input_shape) != 3:
+    rank = len(teacher.member.input_shape)
+    if (approach in IMAGE_ONLY and rank != 3) or (approach in IMAGE_OR_SIGNAL and rank == 1):
         return False
     return approach != "kegnet" or macs <= KEGNET_MAX_MACS
 

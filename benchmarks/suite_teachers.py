@@ -134,8 +134,35 @@ class Mlp(nn.Module):
         return self.layers(x)
 
 
+class SignalCnn(nn.Module):
+    """Four Conv1d blocks (kernel 5, ReLU, max-pool 2; BatchNorm optional), global average pool,
+    two Linears: a 1-D CNN for (C, L) signals."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 8,
+        widths: tuple[int, ...] = (32, 64, 96, 128),
+        batchnorm: bool = True,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for width in widths:
+            layers.append(nn.Conv1d(channels, width, 5, padding=2, bias=not batchnorm))
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(width))
+            layers += [nn.ReLU(), nn.MaxPool1d(2)]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Linear(channels, 96), nn.ReLU(), nn.Linear(96, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean(dim=2))
+
+
 # --------------------------------------------------------------------------
-# Data (all bundled in installed packages; nothing is downloaded)
+# Data (all bundled in installed packages, or made by a formula here; nothing is downloaded)
 
 Split = tuple[torch.Tensor, torch.Tensor]
 
@@ -202,6 +229,54 @@ def synthetic_vectors(features: int, informative: int, classes: int, seed: int) 
     train, test = _stratified(target, 0.25, seed=seed)
     x_train, x_test = _standardise(x[train], x[test], dims=(0,))
     return (x_train, y[train]), (x_test, y[test])
+
+
+WAVEFORMS = ("sine", "square", "sawtooth", "triangle", "chirp up", "chirp down", "damped", "beating")
+
+
+def waveforms(count: int, length: int, seed: int) -> Split:
+    """``count`` noisy 2-channel signals of ``length`` samples, one of the eight
+    :data:`WAVEFORMS` each (the class): random frequency (2-14 cycles), phase, amplitude, offset
+    and time shift; the second channel is the first delayed by a random lag and inverted or not,
+    and each channel carries its own Gaussian noise.  Made by a formula, like scikit-learn's
+    ``make_classification``."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(count, 1, generator=generator)
+
+    t = torch.linspace(0, 1, length).expand(count, length)
+    labels = torch.randint(0, len(WAVEFORMS), (count,), generator=generator)
+    cycles, phase = uniform(2, 14), uniform(0, 2 * np.pi)
+    angle = 2 * np.pi * cycles * t + phase
+    saw = (angle / np.pi) % 2 - 1
+    waves = torch.stack(
+        [
+            torch.sin(angle),
+            torch.sign(torch.sin(angle)),
+            saw,
+            2 * saw.abs() - 1,
+            torch.sin(angle + 2 * np.pi * cycles * t * t),  # frequency rising to 3x
+            torch.sin(2 * np.pi * cycles * (2 * t - 0.5 * t * t) + phase),  # falling from 2x to 1x
+            torch.exp(-uniform(2, 6) * t) * torch.sin(angle),
+            torch.sin(angle) * torch.cos(np.pi * uniform(0.5, 2) * t),
+        ],
+        dim=1,
+    )[torch.arange(count), labels]
+    waves = uniform(0.4, 1.5) * waves + uniform(-0.5, 0.5)
+    lag = torch.randint(0, length // 8, (count,), generator=generator)
+    sign = torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0)
+    second = torch.stack([torch.roll(wave, int(shift)) for wave, shift in zip(waves, lag, strict=True)])
+    signals = torch.stack((waves, sign[:, None] * second), dim=1)
+    signals = signals + 0.5 * torch.randn(signals.shape, generator=generator)
+    return signals, labels
+
+
+def signals() -> tuple[Split, Split]:
+    """8,000 training and 2,000 test :func:`waveforms` (2x256), standardised."""
+    (x_train, y_train), (x_test, y_test) = waveforms(8000, 256, seed=21), waveforms(2000, 256, seed=22)
+    x_train, x_test = _standardise(x_train, x_test, dims=(0, 2))
+    return (x_train, y_train), (x_test, y_test)
 
 
 def _colour_photos() -> list[np.ndarray]:
@@ -441,6 +516,28 @@ MEMBERS: dict[str, tuple[Member, Data, Fit]] = {
             ),
             _textures,
             _fit_textures,
+        ),
+        (
+            Member(
+                "signals-bncnn",
+                "1-D CNN with BatchNorm, 8 kinds of noisy 2-channel waveforms, 2x256",
+                (2, 256),
+                "trace",
+                True,
+            ),
+            signals,
+            lambda train: train_classifier(SignalCnn(2, 8, batchnorm=True), train, epochs=12),
+        ),
+        (
+            Member(
+                "signals-cnn",
+                "1-D CNN without BatchNorm, the same waveforms, 2x256",
+                (2, 256),
+                "script",
+                False,
+            ),
+            signals,
+            lambda train: train_classifier(SignalCnn(2, 8, batchnorm=False), train, epochs=12),
         ),
         (
             Member(

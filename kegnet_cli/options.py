@@ -23,8 +23,11 @@ def parse_shape(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"input shape must be comma-separated integers, got {text!r}"
         ) from None
-    if len(shape) not in (1, 3) or any(size <= 0 for size in shape):
-        raise argparse.ArgumentTypeError(f"input shape must be C,H,W or D with positive sizes, got {text!r}")
+    if len(shape) not in (1, 2, 3) or any(size <= 0 for size in shape):
+        raise argparse.ArgumentTypeError(
+            "input shape must be C,H,W (images), C,L (signals) or D (vectors) with positive sizes, "
+            f"got {text!r}"
+        )
     return shape
 
 
@@ -67,7 +70,12 @@ def parse_ranks(text: str) -> str | float | dict[str, list[int]]:
 
 def add_spec_options(parser: argparse.ArgumentParser) -> None:
     """The options shared by ``compress``, ``extract`` and ``submit``."""
-    parser.add_argument("--input-shape", required=True, type=parse_shape, help="C,H,W (or D for vectors)")
+    parser.add_argument(
+        "--input-shape",
+        required=True,
+        type=parse_shape,
+        help="C,H,W for images, C,L for signals, D for vectors",
+    )
     parser.add_argument(
         "--layers",
         help="comma-separated module paths to factorise (default: every layer that gets smaller, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import os
 import warnings
 import zipfile
@@ -26,7 +27,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from kegnet_core.archive import ArchiveLimits
 from kegnet_core.errors import UnsupportedModelError
 from kegnet_core.loading import with_original_answers
-from kegnet_core.tucker import TuckerConv2d, TuckerLinear, cheapest_exact_form
+from kegnet_core.tucker import CONVOLUTIONS, Conv, TuckerConv, TuckerLinear, cheapest_exact_form
 
 
 class GeneratorModule(nn.Module):
@@ -112,7 +113,7 @@ class SavedStudent:
 _BATCH_NORM = (torch.ops.aten.batch_norm, torch.ops.aten.batch_norm.default, torch.batch_norm)
 
 
-def _folding_target(model: fx.GraphModule, node: fx.Node) -> nn.Conv2d | None:
+def _folding_target(model: fx.GraphModule, node: fx.Node) -> Conv | None:
     """The convolution whose only output ``node`` normalises (a Tucker twin's last 1x1), if any;
     none where the convolution is called more than once (its weights are shared)."""
     source = node.args[0] if node.args else None
@@ -122,9 +123,9 @@ def _folding_target(model: fx.GraphModule, node: fx.Node) -> nn.Conv2d | None:
     if calls != 1:
         return None
     module = model.get_submodule(str(source.target))
-    if isinstance(module, TuckerConv2d):
+    if isinstance(module, TuckerConv):
         return module.last
-    return module if type(module) is nn.Conv2d else None
+    return module if type(module) in CONVOLUTIONS else None  # type: ignore[return-value]
 
 
 def _tensor_at(model: fx.GraphModule, value: object) -> torch.Tensor | None:
@@ -160,7 +161,9 @@ def _inference_norm(model: fx.GraphModule, node: fx.Node) -> _Norm | None:
         except LookupError:
             return None
         eps = args[7]
-    elif node.op == "call_module" and type(norm := model.get_submodule(str(node.target))) is nn.BatchNorm2d:
+    elif node.op == "call_module" and isinstance(
+        norm := model.get_submodule(str(node.target)), (nn.BatchNorm1d, nn.BatchNorm2d)
+    ):
         if norm.training:
             return None
         weight, bias, mean, var, eps = norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps
@@ -242,16 +245,14 @@ def fold_factors(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Modul
     layers = {
         name: module
         for name, module in model.named_modules()
-        if isinstance(module, (TuckerConv2d, TuckerLinear))
+        if isinstance(module, (TuckerConv, TuckerLinear))
     }
     positions: dict[str, tuple[int, int]] = {}
 
     def recorder(name: str) -> Any:
         def record(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            if isinstance(module, TuckerConv2d):
-                positions.setdefault(
-                    name, (args[0].shape[-2] * args[0].shape[-1], output.shape[-2] * output.shape[-1])
-                )
+            if isinstance(module, TuckerConv):  # positions: (N, C, H, W) or (N, C, L) after C
+                positions.setdefault(name, (math.prod(args[0].shape[2:]), math.prod(output.shape[2:])))
             else:
                 positions.setdefault(name, (1, 1))
 

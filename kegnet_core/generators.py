@@ -1,4 +1,4 @@
-"""Generator and decoder networks of KegNet, for images of any size and for vectors.
+"""Generator and decoder networks of KegNet, for images of any size, signals and vectors.
 
 A generator maps a label vector y (one-hot, or a mix of classes) and a noise
 vector z to an input the teacher accepts.  Image generators follow the
@@ -76,10 +76,22 @@ def standardise_images(images: torch.Tensor) -> torch.Tensor:
 
 
 class VectorGenerator(nn.Module):
-    """G(y, z) -> (B, D) feature vectors, standardised per feature over the batch."""
+    """G(y, z) -> (B, D) feature vectors, standardised per feature over the batch; with
+    ``shape`` (C, L) the same vectors of C * L features as (B, C, L) signals."""
 
-    def __init__(self, n_classes: int, noise_dim: int, n_features: int, units: int = 120, layers: int = 2):
+    def __init__(
+        self,
+        n_classes: int,
+        noise_dim: int,
+        n_features: int,
+        units: int = 120,
+        layers: int = 2,
+        shape: Sequence[int] | None = None,
+    ):
         super().__init__()
+        self.shape = tuple(int(size) for size in shape) if shape is not None else (n_features,)
+        if math.prod(self.shape) != n_features:
+            raise ValueError(f"shape {self.shape} does not hold {n_features} features")
         self.n_classes = n_classes
         self.noise_dim = noise_dim
         blocks: list[nn.Module] = [nn.Linear(noise_dim + n_classes, units), nn.ELU(), nn.BatchNorm1d(units)]
@@ -90,7 +102,8 @@ class VectorGenerator(nn.Module):
         self.adjust = nn.BatchNorm1d(n_features, affine=False)
 
     def forward(self, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.adjust(self.layers(torch.cat((noise, labels), dim=1)))
+        out = self.adjust(self.layers(torch.cat((noise, labels), dim=1)))
+        return out.view(out.size(0), *self.shape)
 
 
 # The decoder reads images larger than this on a side average-pooled to it: a 3x224x224 input
@@ -131,9 +144,10 @@ def build_generator(
     noise_dim: int,
     channels: Sequence[int] = PAPER_UPSAMPLE_CHANNELS,
 ) -> nn.Module:
-    """An image generator for (C, H, W) inputs, a vector generator for (D,)."""
+    """An image generator for (C, H, W) inputs, a vector generator for (D,) and for (C, L)
+    signals (C * L features, shaped)."""
     if len(input_shape) == 3:
         return ImageGenerator(n_classes, noise_dim, input_shape, channels)
-    if len(input_shape) == 1:
-        return VectorGenerator(n_classes, noise_dim, int(input_shape[0]))
-    raise ValueError(f"input_shape must be (C, H, W) or (D,), got {tuple(input_shape)}")
+    if len(input_shape) in (1, 2):
+        return VectorGenerator(n_classes, noise_dim, math.prod(input_shape), shape=input_shape)
+    raise ValueError(f"input_shape must be (C, H, W), (C, L) or (D,), got {tuple(input_shape)}")

@@ -38,7 +38,10 @@ def png_bytes(pixels: torch.Tensor) -> bytes:
 
 
 def _as_images(samples: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) samples, or (N, D) vectors folded into squares, as (N, 1|3, H, W)."""
+    """(N, C, H, W) samples, (N, C, L) signals as strips of C rows (each at least 8 pixels
+    high together), or (N, D) vectors folded into squares, as (N, 1|3, H, W)."""
+    if samples.dim() == 3:
+        return samples.unsqueeze(1).repeat_interleave(max(1, 8 // samples.size(1)), 2)
     if samples.dim() == 2:
         side = math.ceil(math.sqrt(samples.size(1)))
         padded = torch.zeros(samples.size(0), side * side, device=samples.device)
@@ -70,7 +73,7 @@ def grid_image(samples: torch.Tensor, columns: int, padding: int = 2, scale: int
 
 
 def _upscale(shape: tuple[int, ...]) -> int:
-    side = shape[-1] if len(shape) == 3 else math.ceil(math.sqrt(shape[0]))
+    side = shape[-1] if len(shape) in (2, 3) else math.ceil(math.sqrt(shape[0]))
     return max(1, 32 // max(side, 1))
 
 

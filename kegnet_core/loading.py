@@ -11,8 +11,8 @@ export API.
 While building, every fx node is also evaluated on an example input, so that
 shape checks and branches the graph takes on ``self.training`` or on tensor
 ranks can be resolved to the branch the model really runs in eval mode.
-Afterwards each ``conv2d`` / ``linear`` call whose weights belong to it alone
-is lifted back into a real ``nn.Conv2d`` / ``nn.Linear`` at its module path
+Afterwards each ``conv1d`` / ``conv2d`` / ``linear`` call whose weights belong to it
+alone is lifted back into a real ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Linear`` at its module path
 (``layers3.0.conv1``), so compression can swap modules by name.
 """
 
@@ -497,7 +497,7 @@ def _submodule_or_none(gm: fx.GraphModule, path: str) -> nn.Module | None:
 
 
 def _lift_layer(gm: fx.GraphModule, node: fx.Node) -> None:
-    """Replace a functional conv2d / linear call by a real module at its path."""
+    """Replace a functional conv1d / conv2d / linear call by a real module at its path."""
     target = node.target
     args = list(node.args)
     weight_target = _owned_attr(args[1], gm, node)
@@ -510,26 +510,26 @@ def _lift_layer(gm: fx.GraphModule, node: fx.Node) -> None:
             return
     weight = gm.get_parameter(weight_target)
     bias = gm.get_parameter(bias_target) if bias_target else None
-    module: nn.Linear | nn.Conv2d
+    module: nn.Linear | nn.Conv1d | nn.Conv2d
     if target is ATEN.linear:
         if weight.dim() != 2:
             return
         module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     else:
-        if weight.dim() != 4 or not _constant_args(node, 3):
+        if weight.dim() not in (3, 4) or not _constant_args(node, 3):
             return
         options: list[Any] = list(args[3:7])  # stride, padding, dilation, groups
-        if target not in (ATEN.conv2d, ATEN._convolution_mode):
+        if target not in (ATEN.conv1d, ATEN.conv2d, ATEN._convolution_mode):
             # aten::_convolution / aten::convolution (torch.jit.trace): stride, padding,
             # dilation, transposed, output_padding, groups
             if args[6]:
                 return  # a transposed convolution
             options = [args[3], args[4], args[5], args[8]]
         stride, padding, dilation, groups = options
-        module = nn.Conv2d(
+        module = (nn.Conv1d if weight.dim() == 3 else nn.Conv2d)(
             int(weight.shape[1]) * int(groups),
             int(weight.shape[0]),
-            (int(weight.shape[2]), int(weight.shape[3])),
+            tuple(int(size) for size in weight.shape[2:]),  # type: ignore[arg-type]
             stride=stride,
             padding=padding,
             dilation=dilation,
@@ -576,7 +576,14 @@ def _add_module(gm: fx.GraphModule, path: str, module: nn.Module) -> None:
     owner.add_module(leaf, module)
 
 
-LIFTABLE = (ATEN.conv2d, ATEN._convolution_mode, ATEN._convolution, ATEN.convolution, ATEN.linear)
+LIFTABLE = (
+    ATEN.conv1d,
+    ATEN.conv2d,
+    ATEN._convolution_mode,
+    ATEN._convolution,
+    ATEN.convolution,
+    ATEN.linear,
+)
 
 
 def script_to_graph_module(script: torch.jit.ScriptModule, input_shape: Sequence[int]) -> fx.GraphModule:

@@ -1,4 +1,5 @@
-"""Procedural image priors: dead leaves and 1/f noise, drawn from formulas, never from data.
+"""Procedural priors, drawn from formulas, never from data: for images dead leaves and 1/f
+noise, for signals 1/f noise, periodic waves and piecewise levels.
 
 "Learning to See by Looking at Noise" (Baradad et al., NeurIPS 2021) found
 that images with the structure of natural ones (occlusion, edges, a 1/f
@@ -14,6 +15,7 @@ the generators' samples and the strokes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -106,3 +108,109 @@ def pink_noise(
         own = 0.5 + 0.5 * torch.rand(count, channels, 1, 1, generator=rng, device=device)
         images = images * own + images.mean(dim=1, keepdim=True) * (1 - own)
     return standardise_images(images)
+
+
+# --------------------------------------------------------------------------
+# Signals: the same idea in one dimension
+
+
+def _signal_shape(input_shape: Sequence[int]) -> tuple[int, int]:
+    if len(input_shape) != 2:
+        raise ValueError(f"procedural signals need a signal shape (C, L), got {tuple(input_shape)}")
+    channels, length = (int(size) for size in input_shape)
+    return channels, length
+
+
+def _standardise_signals(signals: torch.Tensor) -> torch.Tensor:
+    if signals.numel() == 0:
+        return signals
+    return standardise_images(signals.unsqueeze(-1)).squeeze(-1)
+
+
+def _share_channels(signals: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Channels partly common, as a sensor's channels are: each keeps 50-100% of its own signal."""
+    if signals.size(1) == 1:
+        return signals
+    own = 0.5 + 0.5 * torch.rand(signals.size(0), signals.size(1), 1, generator=rng, device=rng.device)
+    return signals * own + signals.mean(dim=1, keepdim=True) * (1 - own)
+
+
+@torch.no_grad()
+def pink_signals(
+    count: int, input_shape: Sequence[int], rng: torch.Generator, exponents: tuple[float, float] = (0.5, 2.5)
+) -> torch.Tensor:
+    """``count`` signals of noise with a 1/f^a amplitude spectrum, a uniform in ``exponents``:
+    from nearly white to a random walk.  (count, C, L)."""
+    channels, length = _signal_shape(input_shape)
+    device = rng.device
+    if count == 0:
+        return torch.empty(0, channels, length, device=device)
+    frequency = torch.fft.rfftfreq(length, device=device).clamp_min(1.0 / length)
+    low, high = exponents
+    exponent = low + (high - low) * torch.rand(count, 1, 1, generator=rng, device=device)
+    amplitude = frequency.view(1, 1, -1) ** (-exponent)
+    shape = (count, channels, length // 2 + 1)
+    real = torch.randn(*shape, generator=rng, device=device)
+    imaginary = torch.randn(*shape, generator=rng, device=device)
+    signals = torch.fft.irfft(torch.complex(real, imaginary) * amplitude, n=length)
+    return _standardise_signals(_share_channels(signals, rng))
+
+
+@torch.no_grad()
+def oscillations(
+    count: int, input_shape: Sequence[int], rng: torch.Generator, parts: int = 3, harmonics: int = 6
+) -> torch.Tensor:
+    """``count`` signals, each a sum of up to ``parts`` periodic waves of random fundamental
+    (1 cycle to a quarter of the length), phase and random harmonic content (up to
+    ``harmonics`` overtones, amplitudes falling as 1/k^a, a uniform in [0.5, 3]), each under a
+    random envelope (flat, decaying or rising, or a window) and a random frequency drift, plus a
+    little white noise.  (count, C, L)."""
+    channels, length = _signal_shape(input_shape)
+    device = rng.device
+
+    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
+        return low + (high - low) * torch.rand(*shape, generator=rng, device=device)
+
+    t = torch.linspace(0, 1, length, device=device).view(1, 1, 1, 1, length)
+    size = (count, channels, parts, 1, 1)
+    cycles = torch.exp(uniform(0.0, math.log(max(length / 4, 2.0)), *size))
+    drift = uniform(-0.5, 0.5, *size)  # the frequency changes by up to half over the signal
+    angle = 2 * torch.pi * cycles * (t + drift * t * t)
+    order = torch.arange(1, harmonics + 2, device=device, dtype=torch.float32).view(1, 1, 1, -1, 1)
+    weights = order ** -uniform(0.5, 3.0, *size) * torch.randn(
+        count, channels, parts, harmonics + 1, 1, generator=rng, device=device
+    )
+    phases = uniform(0, 2 * torch.pi, count, channels, parts, harmonics + 1, 1)
+    waves = (weights * torch.sin(order * angle + phases)).sum(dim=3)  # (count, C, parts, L)
+    t = t.squeeze(3)
+    per_wave = size[:4]
+    envelope = torch.where(
+        uniform(0, 1, *per_wave) < 0.5, torch.ones_like(t), torch.exp(uniform(-5, 5, *per_wave) * (t - 0.5))
+    )
+    window = torch.exp(-((t - uniform(0, 1, *per_wave)) / uniform(0.1, 1, *per_wave)).square())
+    envelope = torch.where(uniform(0, 1, *per_wave) < 0.25, window, envelope)
+    kept = torch.randint(1, parts + 1, (count, 1, 1, 1), generator=rng, device=device)
+    present = (torch.arange(parts, device=device).view(1, 1, parts, 1) < kept).float()
+    signals = (waves * envelope * uniform(0.2, 1, *per_wave) * present).sum(dim=2)
+    signals = signals + 0.1 * torch.randn(count, channels, length, generator=rng, device=device)
+    return _standardise_signals(_share_channels(signals, rng))
+
+
+@torch.no_grad()
+def steps(count: int, input_shape: Sequence[int], rng: torch.Generator, segments: int = 8) -> torch.Tensor:
+    """``count`` piecewise signals: up to ``segments`` pieces of random lengths, each a level or
+    a ramp, joined with jumps (pulses, plateaus, sawtooth-like drifts).  (count, C, L)."""
+    channels, length = _signal_shape(input_shape)
+    device = rng.device
+    cuts = torch.rand(count, channels, segments, generator=rng, device=device).sort(dim=2).values
+    cuts[:, :, 0] = 0.0
+    position = torch.linspace(0, 1, length, device=device).view(1, 1, length)
+    piece = (position.unsqueeze(-1) >= cuts.unsqueeze(2)).sum(-1) - 1  # (count, C, L): which piece
+    levels = torch.randn(count, channels, segments, generator=rng, device=device)
+    slopes = torch.randn(count, channels, segments, generator=rng, device=device) * (
+        torch.rand(count, channels, segments, generator=rng, device=device) < 0.5
+    )
+    start = torch.gather(cuts, 2, piece)
+    signals = torch.gather(levels, 2, piece) + torch.gather(slopes, 2, piece) * (position - start) * 4
+    signals = signals + 0.05 * torch.randn(count, channels, length, generator=rng, device=device)
+    return _standardise_signals(_share_channels(signals, rng))

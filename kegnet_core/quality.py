@@ -42,7 +42,8 @@ class Probe:
 
     ``data_like`` says the inputs were made to match statistics of the
     teacher's real training data (its BatchNorm running means and variances);
-    only such probes can stand for real inputs.
+    only such probes can stand for real inputs.  ``unlike_why`` says why probes that were made
+    so still do not.
     """
 
     def __init__(
@@ -53,10 +54,12 @@ class Probe:
         n_classes: int,
         *,
         data_like: bool = False,
+        unlike_why: str = "",
     ) -> None:
         self.inputs = inputs
         self.source = source
         self.data_like = data_like
+        self.unlike_why = unlike_why  # why inputs matched to the statistics still do not count
         self.classes = teacher_logits(teacher, inputs).argmax(1)
         self.balance = class_balance(self.classes, n_classes)
 
@@ -81,6 +84,8 @@ def assess(probe: Probe, student_agreement: float, tucker_agreement: float) -> t
             f"top-1 disagreement with the teacher on {len(probe.inputs)} held-out {probe.source} inputs, "
             f"over which the teacher's classes are spread (balance {probe.balance:.2f})"
         )
+    elif not probe.data_like and probe.unlike_why:
+        reason = f"cannot tell: {probe.unlike_why}"
     elif not probe.data_like:
         reason = (
             f"cannot tell: the teacher has no BatchNorm statistics to make probe inputs like its real "

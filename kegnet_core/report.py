@@ -21,7 +21,7 @@ class LayerReport(_Model):
     """One factorised layer."""
 
     name: str
-    kind: str  # "conv2d" or "linear"
+    kind: str  # "conv2d", "conv1d" or "linear"
     weight_shape: list[int]
     ranks: list[int]  # [out_rank, in_rank]
     params_before: int

@@ -18,7 +18,7 @@ from torch import nn
 
 from kegnet_core.config import SamplingConfig
 from kegnet_core.errors import SpecError
-from kegnet_core.procedural import dead_leaves, pink_noise
+from kegnet_core.procedural import dead_leaves, oscillations, pink_noise, pink_signals, steps
 from kegnet_core.sampling import noise, training_labels
 from kegnet_core.spec import Prior
 from kegnet_core.strokes import stroke_images
@@ -186,26 +186,36 @@ class GaussianSource:
 
 
 class ProceduralSource:
-    """Images drawn from formulas: pen strokes, dead leaves and 1/f noise, a third of each batch each.
+    """Inputs drawn from formulas, a third of each batch each: images of pen strokes, dead leaves
+    and 1/f noise, or signals of 1/f noise, periodic waves and piecewise levels.
 
-    The ``procedural`` prior, and ``auto``'s choice for image classifiers
+    The ``procedural`` prior, and ``auto``'s choice for image and signal classifiers
     without BatchNorm (docs/design.md, "The default recipe").
     """
 
     name = "procedural"
 
     def __init__(self, input_shape: Sequence[int]) -> None:
-        if len(input_shape) != 3:
-            raise SpecError("prior 'procedural' draws images: it needs input_shape [C, H, W]", field="prior")
+        if len(input_shape) not in (2, 3):
+            raise SpecError(
+                "prior 'procedural' draws images or signals: it needs input_shape [C, H, W] or [C, L]",
+                field="prior",
+            )
         self.input_shape = tuple(int(size) for size in input_shape)
+        self.drawers = (
+            (stroke_images, pink_noise, dead_leaves)
+            if len(input_shape) == 3
+            else (pink_signals, oscillations, steps)
+        )
 
     def sample(self, count: int, rng: torch.Generator) -> torch.Tensor:
         third = count // 3
+        first, second, last = self.drawers
         return torch.cat(
             (
-                stroke_images(third, self.input_shape, rng),
-                pink_noise(third, self.input_shape, rng),
-                dead_leaves(count - 2 * third, self.input_shape, rng),
+                first(third, self.input_shape, rng),
+                second(third, self.input_shape, rng),
+                last(count - 2 * third, self.input_shape, rng),
             )
         )
 
@@ -289,13 +299,13 @@ def resolve_prior(prior: Prior, batch_norms: int, input_shape: Sequence[int]) ->
     ``auto`` adapts to what the teacher shows (docs/design.md, "The default
     recipe"): a vector classifier gets N(0, 1), which its standardised inputs
     make the natural scale (with BatchNorm too: there synthesised vectors lost
-    5 points to it); an image classifier with BatchNorm layers ``synthesis``
-    (inputs matched to their running statistics), one without
-    ``procedural`` images.
+    5 points to it); an image or signal classifier with BatchNorm layers
+    ``synthesis`` (inputs matched to their running statistics), one without
+    ``procedural`` images or signals.
     """
     if prior is not Prior.AUTO:
         return prior
-    if len(input_shape) != 3:
+    if len(input_shape) == 1:
         return Prior.GAUSSIAN
     return Prior.SYNTHESIS if batch_norms > 0 else Prior.PROCEDURAL
 

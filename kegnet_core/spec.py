@@ -100,7 +100,9 @@ class CompressionSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
 
     input_shape: tuple[Annotated[StrictInt, Field(gt=0, le=65_536)], ...] = Field(
-        ..., description="C, H, W of one image, or D of a feature vector", examples=[[1, 32, 32]]
+        ...,
+        description="C, H, W of one image, C, L of a signal (Conv1d models), or D of a feature vector",
+        examples=[[1, 32, 32]],
     )
     layers: tuple[Annotated[str, Field(min_length=1, max_length=200)], ...] | None = Field(
         None,
@@ -154,8 +156,10 @@ class CompressionSpec(BaseModel):
     @field_validator("input_shape")
     @classmethod
     def _image_or_vector(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
-        if len(shape) not in (1, 3):
-            raise ValueError(f"must be [C, H, W] or [D], got {list(shape)}")
+        if len(shape) not in (1, 2, 3):
+            raise ValueError(
+                f"must be [C, H, W] (images), [C, L] (signals) or [D] (vectors), got {list(shape)}"
+            )
         return shape
 
     @field_validator("ranks")
@@ -179,9 +183,12 @@ class CompressionSpec(BaseModel):
     @model_validator(mode="after")
     def _fits(self) -> CompressionSpec:
         # Imported here: the registry names which priors need images.
-        if self.prior in (Prior.STROKES, Prior.PROCEDURAL) and len(self.input_shape) != 3:
+        if self.prior is Prior.STROKES and len(self.input_shape) != 3:
+            raise SpecError("prior 'strokes' draws images: it needs input_shape [C, H, W]", field="prior")
+        if self.prior is Prior.PROCEDURAL and len(self.input_shape) == 1:
             raise SpecError(
-                f"prior {self.prior.value!r} draws images: it needs input_shape [C, H, W]", field="prior"
+                "prior 'procedural' draws images or signals: it needs input_shape [C, H, W] or [C, L]",
+                field="prior",
             )
         if self.quantize is not Quantize.NONE and self.task is Task.EXTRACT:
             raise SpecError("quantize applies to compress and quantize jobs, not extract", field="quantize")

@@ -1,6 +1,6 @@
 """Tucker-2 factorised layers and the choice of which layers and ranks to use.
 
-A Conv2d weight (out, in, k, k) factorises over its two channel modes into
+A Conv2d weight (out, in, k, k) (or a Conv1d's, (out, in, k)) factorises over its two channel modes into
 ``out_factor (out, r_out)``, ``core (r_out, r_in, k, k)`` and
 ``in_factor (in, r_in)``: a 1x1 conv down to r_in channels, the core KxK conv,
 and a 1x1 conv up to ``out`` channels that keeps the bias.  A Linear weight is
@@ -16,6 +16,7 @@ factor by the principal directions of the output channels.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from kegnet_core.errors import SpecError
 from kegnet_core.evbmf import evbmf_rank
 
 Ranks = tuple[int, int]  # (out_rank, in_rank)
+Conv = nn.Conv1d | nn.Conv2d
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d)  # the convolutions Tucker-2 factorises: signals and images
 
 
 def tucker2(
@@ -60,7 +63,8 @@ class LayerMoments:
 def layer_moments(
     model: nn.Module, names: Sequence[str], inputs: torch.Tensor, *, batch_size: int = 128
 ) -> dict[str, LayerMoments]:
-    """Each named Conv2d / Linear layer's :class:`LayerMoments` as ``model`` runs on ``inputs``."""
+    """Each named Conv1d / Conv2d / Linear layer's :class:`LayerMoments` as ``model`` runs on
+    ``inputs``."""
     sums: dict[str, list[torch.Tensor]] = {}
     counts: dict[str, int] = dict.fromkeys(names, 0)
 
@@ -68,9 +72,10 @@ def layer_moments(
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             x, y = args[0].detach().double(), output.detach().double()
             bias = getattr(module, "bias", None)
-            channels = 1 if x.dim() == 4 else -1  # conv: (N, C, H, W); linear: (..., C)
+            # conv: (N, C, H, W) or (N, C, L); linear: (..., C)
+            channels = -1 if isinstance(module, nn.Linear) else 1
             if bias is not None:
-                y = y - bias.double().reshape([-1, 1, 1] if channels == 1 else [-1])
+                y = y - bias.double().reshape([-1] + [1] * (y.dim() - 2) if channels == 1 else [-1])
             x = x.movedim(channels, -1).reshape(-1, x.shape[channels])
             y = y.movedim(channels, -1).reshape(-1, y.shape[channels])
             moments = [x.T @ x, y.T @ y]
@@ -157,14 +162,16 @@ def _factors(
     return factors if factors is not None else tucker2(weight, ranks, n_iter_max=n_iter_max, seed=seed)
 
 
-class TuckerConv2d(nn.Module):
-    """1x1 conv (in -> r_in), KxK core conv (r_in -> r_out), 1x1 conv (r_out -> out)."""
+class TuckerConv(nn.Module):
+    """1x1 conv (in -> r_in), KxK core conv (r_in -> r_out), 1x1 conv (r_out -> out), each of
+    the factorised convolution's kind (Conv1d or Conv2d)."""
 
-    def __init__(self, conv: nn.Conv2d, ranks: Ranks) -> None:
+    def __init__(self, conv: Conv, ranks: Ranks) -> None:
         super().__init__()
         out_rank, in_rank = ranks
-        self.first = nn.Conv2d(conv.in_channels, in_rank, 1, bias=False)
-        self.core = nn.Conv2d(
+        kind = type(conv)
+        self.first = kind(conv.in_channels, in_rank, 1, bias=False)
+        self.core = kind(
             in_rank,
             out_rank,
             conv.kernel_size,  # type: ignore[arg-type]
@@ -174,18 +181,18 @@ class TuckerConv2d(nn.Module):
             bias=False,
             padding_mode=conv.padding_mode,
         )
-        self.last = nn.Conv2d(out_rank, conv.out_channels, 1, bias=conv.bias is not None)
+        self.last = kind(out_rank, conv.out_channels, 1, bias=conv.bias is not None)
 
     @classmethod
     def from_conv(
         cls,
-        conv: nn.Conv2d,
+        conv: Conv,
         ranks: Ranks,
         *,
         n_iter_max: int = 100,
         seed: int = 0,
         moments: LayerMoments | None = None,
-    ) -> TuckerConv2d:
+    ) -> TuckerConv:
         """The factorised twin of ``conv``: its partial Tucker, or with ``moments`` the factors
         for the output error on those inputs."""
         if conv.groups != 1:
@@ -193,9 +200,9 @@ class TuckerConv2d(nn.Module):
         layer = cls(conv, ranks)
         core, out_factor, in_factor = _factors(conv.weight, ranks, n_iter_max, seed, moments)
         with torch.no_grad():
-            layer.first.weight.copy_(in_factor.T[:, :, None, None])  # (r_in, in, 1, 1)
+            layer.first.weight.copy_(in_factor.T.reshape(layer.first.weight.shape))  # (r_in, in, 1, 1)
             layer.core.weight.copy_(core)  # (r_out, r_in, k, k)
-            layer.last.weight.copy_(out_factor[:, :, None, None])  # (out, r_out, 1, 1)
+            layer.last.weight.copy_(out_factor.reshape(layer.last.weight.shape))  # (out, r_out, 1, 1)
             if conv.bias is not None and layer.last.bias is not None:
                 layer.last.bias.copy_(conv.bias)
         return layer.to(conv.weight.device)
@@ -258,18 +265,18 @@ class ExactForm:
 
 
 def _conv_from(
-    template: nn.Conv2d,
+    template: Conv,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     *,
-    stride: tuple[int, int] | None = None,
-) -> nn.Conv2d:
-    """A Conv2d with ``template``'s geometry (its stride unless ``stride`` is given) holding
-    ``weight`` and ``bias``."""
-    conv = nn.Conv2d(
+    stride: tuple[int, ...] | None = None,
+) -> Conv:
+    """A convolution of ``template``'s kind and geometry (its stride unless ``stride`` is given)
+    holding ``weight`` and ``bias``."""
+    conv = type(template)(
         weight.shape[1],
         weight.shape[0],
-        (weight.shape[2], weight.shape[3]),
+        tuple(weight.shape[2:]),  # type: ignore[arg-type]
         stride=stride or template.stride,  # type: ignore[arg-type]
         padding=template.padding,  # type: ignore[arg-type]
         dilation=template.dilation,  # type: ignore[arg-type]
@@ -287,18 +294,19 @@ def _params(*modules: nn.Module) -> int:
     return sum(parameter.numel() for module in modules for parameter in module.parameters())
 
 
-def _conv_forms(layer: TuckerConv2d, in_positions: int, out_positions: int) -> list[ExactForm]:
-    first = layer.first.weight.detach().double()[:, :, 0, 0]  # (r_in, in)
-    core = layer.core.weight.detach().double()  # (r_out, r_in, kh, kw)
-    last = layer.last.weight.detach().double()[:, :, 0, 0]  # (out, r_out)
+def _conv_forms(layer: TuckerConv, in_positions: int, out_positions: int) -> list[ExactForm]:
+    first = layer.first.weight.detach().double().flatten(1)  # (r_in, in)
+    core = layer.core.weight.detach().double()  # (r_out, r_in, kh, kw) or (r_out, r_in, k)
+    last = layer.last.weight.detach().double().flatten(1)  # (out, r_out)
     bias = layer.last.bias.detach() if layer.last.bias is not None else None
-    out_rank, in_rank, kh, kw = core.shape
-    in_channels, out_channels, taps = first.shape[1], last.shape[0], kh * kw
+    out_rank, in_rank, *kernel = core.shape
+    in_channels, out_channels, taps = first.shape[1], last.shape[0], math.prod(kernel)
+    pointwise_shape = [1] * len(kernel)
     # A 1x1 core without padding only subsamples: its stride can move to the first 1x1, which then
     # runs on the output's positions.
-    pointwise = (kh, kw) == (1, 1) and layer.core.padding in ((0, 0), "valid")
+    pointwise = taps == 1 and (layer.core.padding == "valid" or not any(layer.core.padding))
     first_positions = out_positions if pointwise else in_positions
-    first_stride: tuple[int, int] = layer.core.stride if pointwise else (1, 1)  # type: ignore[assignment]
+    first_stride: tuple[int, ...] = layer.core.stride if pointwise else (1,) * len(kernel)
     forms = [
         ExactForm(
             "three",
@@ -309,9 +317,9 @@ def _conv_forms(layer: TuckerConv2d, in_positions: int, out_positions: int) -> l
             3,
         )
     ]
-    merged_first = torch.einsum("oikl,ic->ockl", core, first)
+    merged_first = torch.einsum("oi...,ic->oc...", core, first)
     a = _conv_from(layer.core, merged_first.float(), None)
-    b = _conv_from(layer.last, last[:, :, None, None].float(), bias)
+    b = _conv_from(layer.last, last.reshape(*last.shape, *pointwise_shape).float(), bias)
     forms.append(
         ExactForm(
             "first folded",
@@ -321,9 +329,11 @@ def _conv_forms(layer: TuckerConv2d, in_positions: int, out_positions: int) -> l
             2,
         )
     )
-    merged_last = torch.einsum("co,oikl->cikl", last, core)
-    c = _conv_from(layer.first, first[:, :, None, None].float(), None, stride=first_stride)
-    d = _conv_from(layer.core, merged_last.float(), bias, stride=(1, 1) if pointwise else None)
+    merged_last = torch.einsum("co,oi...->ci...", last, core)
+    c = _conv_from(
+        layer.first, first.reshape(*first.shape, *pointwise_shape).float(), None, stride=first_stride
+    )
+    d = _conv_from(layer.core, merged_last.float(), bias, stride=(1,) * len(kernel) if pointwise else None)
     forms.append(
         ExactForm(
             "last folded",
@@ -333,7 +343,7 @@ def _conv_forms(layer: TuckerConv2d, in_positions: int, out_positions: int) -> l
             2,
         )
     )
-    dense = _conv_from(layer.core, torch.einsum("co,oikl,ij->cjkl", last, core, first).float(), bias)
+    dense = _conv_from(layer.core, torch.einsum("co,oi...,ij->cj...", last, core, first).float(), bias)
     forms.append(
         ExactForm("dense", dense, _params(dense), out_positions * out_channels * in_channels * taps, 1)
     )
@@ -376,17 +386,17 @@ def _linear_forms(layer: TuckerLinear) -> list[ExactForm]:
 
 
 def exact_forms(
-    layer: TuckerConv2d | TuckerLinear, in_positions: int = 1, out_positions: int = 1
+    layer: TuckerConv | TuckerLinear, in_positions: int = 1, out_positions: int = 1
 ) -> list[ExactForm]:
     """Every exact form of ``layer``, as trained first (``in_positions`` and ``out_positions``:
     how many spatial positions a convolution's input and output have)."""
-    if isinstance(layer, TuckerConv2d):
+    if isinstance(layer, TuckerConv):
         return _conv_forms(layer, in_positions, out_positions)
     return _linear_forms(layer)
 
 
 def cheapest_exact_form(
-    layer: TuckerConv2d | TuckerLinear, in_positions: int = 1, out_positions: int = 1
+    layer: TuckerConv | TuckerLinear, in_positions: int = 1, out_positions: int = 1
 ) -> ExactForm:
     """The form of ``layer`` with the fewest multiply-accumulates (then the fewest calls) among
     those with no more parameters than it has: the model stays at least as small as planned.
@@ -409,7 +419,7 @@ class LayerPlan:
     """One layer to factorise: its path, shape and chosen ranks."""
 
     name: str
-    kind: str  # "conv2d" or "linear"
+    kind: str  # "conv2d", "conv1d" or "linear"
     weight_shape: tuple[int, ...]
     ranks: Ranks
     params_before: int
@@ -433,12 +443,12 @@ class CompressionPlan:
         return {layer.name: list(layer.ranks) for layer in self.layers}
 
 
-def factorisable_layers(model: nn.Module) -> dict[str, nn.Conv2d | nn.Linear]:
-    """Every Conv2d with groups=1 and every Linear, by module path."""
+def factorisable_layers(model: nn.Module) -> dict[str, Conv | nn.Linear]:
+    """Every Conv1d and Conv2d with groups=1 and every Linear, by module path."""
     return {
         name: module
         for name, module in model.named_modules()
-        if (isinstance(module, nn.Conv2d) and module.groups == 1) or isinstance(module, nn.Linear)
+        if (isinstance(module, CONVOLUTIONS) and module.groups == 1) or isinstance(module, nn.Linear)
     }
 
 
@@ -477,14 +487,15 @@ def default_layers(model: nn.Module) -> list[str]:
     return [name for name in ordered if name not in skip]
 
 
-def _weight_3d(module: nn.Conv2d | nn.Linear) -> torch.Tensor:
+def _weight_4d(module: Conv | nn.Linear) -> torch.Tensor:
+    """The weight as (out, in, kh, kw): a Conv1d's as (out, in, k, 1), a Linear's as (out, in, 1, 1)."""
     weight = module.weight.detach()
-    return weight if weight.dim() == 4 else weight[:, :, None, None]
+    return weight.reshape(*weight.shape, *[1] * (4 - weight.dim()))
 
 
-def factorised_params(module: nn.Conv2d | nn.Linear, ranks: Ranks) -> int:
+def factorised_params(module: Conv | nn.Linear, ranks: Ranks) -> int:
     """Parameters of the Tucker-2 twin of ``module`` at ``ranks``."""
-    out_channels, in_channels, kh, kw = _weight_3d(module).shape
+    out_channels, in_channels, kh, kw = _weight_4d(module).shape
     out_rank, in_rank = ranks
     bias = out_channels if module.bias is not None else 0
     return in_channels * in_rank + out_rank * in_rank * kh * kw + out_rank * out_channels + bias
@@ -494,19 +505,19 @@ def dense_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters(recurse=False))
 
 
-def _unfoldings(module: nn.Conv2d | nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-    weight = _weight_3d(module)
+def _unfoldings(module: Conv | nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    weight = _weight_4d(module)
     return weight.flatten(1), weight.transpose(0, 1).flatten(1)
 
 
-def evbmf_ranks(module: nn.Conv2d | nn.Linear) -> Ranks:
+def evbmf_ranks(module: Conv | nn.Linear) -> Ranks:
     """Ranks EVBMF keeps on the output- and input-channel unfoldings (at least 1)."""
     out_unfolding, in_unfolding = _unfoldings(module)
     return max(1, evbmf_rank(out_unfolding)), max(1, evbmf_rank(in_unfolding))
 
 
-def fraction_ranks(module: nn.Conv2d | nn.Linear, keep: float) -> Ranks:
-    out_channels, in_channels = _weight_3d(module).shape[:2]
+def fraction_ranks(module: Conv | nn.Linear, keep: float) -> Ranks:
+    out_channels, in_channels = _weight_4d(module).shape[:2]
     return max(1, round(keep * out_channels)), max(1, round(keep * in_channels))
 
 
@@ -517,7 +528,7 @@ def _energy_rank(matrix: torch.Tensor, energy: float) -> int:
     return min(int(torch.searchsorted(cumulative, torch.tensor(energy, dtype=torch.float64))) + 1, len(s2))
 
 
-def _energy_ranks(module: nn.Conv2d | nn.Linear, energy: float) -> Ranks:
+def _energy_ranks(module: Conv | nn.Linear, energy: float) -> Ranks:
     out_unfolding, in_unfolding = _unfoldings(module)
     return _energy_rank(out_unfolding, energy), _energy_rank(in_unfolding, energy)
 
@@ -525,8 +536,8 @@ def _energy_ranks(module: nn.Conv2d | nn.Linear, energy: float) -> Ranks:
 RankSpec = str | float | Mapping[str, Sequence[int]]
 
 
-def _explicit_ranks(name: str, module: nn.Conv2d | nn.Linear, ranks: Sequence[int]) -> Ranks:
-    out_channels, in_channels = _weight_3d(module).shape[:2]
+def _explicit_ranks(name: str, module: Conv | nn.Linear, ranks: Sequence[int]) -> Ranks:
+    out_channels, in_channels = _weight_4d(module).shape[:2]
     if len(ranks) != 2 or not all(isinstance(r, int) for r in ranks):
         raise SpecError(f"ranks for {name!r} must be [out_rank, in_rank], got {list(ranks)}", field="ranks")
     out_rank, in_rank = ranks
@@ -540,24 +551,24 @@ def _explicit_ranks(name: str, module: nn.Conv2d | nn.Linear, ranks: Sequence[in
 
 
 def _choose_layers(
-    candidates: dict[str, nn.Conv2d | nn.Linear], all_modules: dict[str, nn.Module], layers: Sequence[str]
-) -> dict[str, nn.Conv2d | nn.Linear]:
-    chosen: dict[str, nn.Conv2d | nn.Linear] = {}
+    candidates: dict[str, Conv | nn.Linear], all_modules: dict[str, nn.Module], layers: Sequence[str]
+) -> dict[str, Conv | nn.Linear]:
+    chosen: dict[str, Conv | nn.Linear] = {}
     for name in layers:
         if name not in candidates:
             module = all_modules.get(name)
             holds_weight = module is not None and "weight" in dict(module.named_parameters(recurse=False))
             if type(module) is nn.Module and holds_weight:
                 raise SpecError(
-                    f"layer {name!r} holds weights that its model does not use as one Conv2d or Linear "
-                    "layer (they are used by more than one call, or as a transposed or non-2-D "
+                    f"layer {name!r} holds weights that its model does not use as one Conv1d, Conv2d "
+                    "or Linear layer (they are used by more than one call, or as a transposed or 3-D "
                     "convolution), so it cannot be factorised",
                     field="layers",
                 )
             if name in all_modules:
                 raise SpecError(
-                    f"layer {name!r} is a {type(all_modules[name]).__name__}; only Conv2d (groups=1) "
-                    "and Linear layers can be factorised",
+                    f"layer {name!r} is a {type(all_modules[name]).__name__}; only Conv1d and Conv2d "
+                    "(groups=1) and Linear layers can be factorised",
                     field="layers",
                 )
             known = ", ".join(sorted(candidates)) or "none"
@@ -673,7 +684,7 @@ def _auto_out_of_reach(model: nn.Module, layers: Sequence[str]) -> SpecError:
 
 
 def _make_plan(
-    chosen: dict[str, nn.Conv2d | nn.Linear], picked: dict[str, Ranks], total: int, *, keep_all: bool
+    chosen: dict[str, Conv | nn.Linear], picked: dict[str, Ranks], total: int, *, keep_all: bool
 ) -> CompressionPlan:
     plans = []
     after = total
@@ -684,7 +695,7 @@ def _make_plan(
         plans.append(
             LayerPlan(
                 name=name,
-                kind="conv2d" if isinstance(module, nn.Conv2d) else "linear",
+                kind="linear" if isinstance(module, nn.Linear) else type(module).__name__.lower(),
                 weight_shape=tuple(module.weight.shape),
                 ranks=picked[name],
                 params_before=before,
@@ -696,7 +707,7 @@ def _make_plan(
 
 
 def _plan_for_ratio(
-    chosen: dict[str, nn.Conv2d | nn.Linear], total: int, target: float, *, explicit: bool
+    chosen: dict[str, Conv | nn.Linear], total: int, target: float, *, explicit: bool
 ) -> CompressionPlan:
     if not target > 1:
         raise SpecError(f"target_ratio must be above 1, got {target}", field="target_ratio")
@@ -742,7 +753,7 @@ def plan_without(
         layer.name: module
         for layer in plan.layers
         if layer.name not in dropped
-        and isinstance(module := model.get_submodule(layer.name), (nn.Conv2d, nn.Linear))
+        and isinstance(module := model.get_submodule(layer.name), (*CONVOLUTIONS, nn.Linear))
     }
     if not chosen:
         return None
@@ -759,8 +770,8 @@ def shape_twin(model: nn.Module, plan: CompressionPlan) -> nn.Module:
     twin = copy.deepcopy(model)
     for layer in plan.layers:
         module = twin.get_submodule(layer.name)
-        if isinstance(module, nn.Conv2d):
-            twin.set_submodule(layer.name, TuckerConv2d(module, layer.ranks).to(module.weight.device))
+        if isinstance(module, CONVOLUTIONS):
+            twin.set_submodule(layer.name, TuckerConv(module, layer.ranks).to(module.weight.device))
         elif isinstance(module, nn.Linear):
             twin.set_submodule(layer.name, TuckerLinear(module, layer.ranks).to(module.weight.device))
     return twin
@@ -795,11 +806,11 @@ def plan_on_activations(
     level of every layer's activation spectra (:func:`activation_spectra`) is searched so that
     the model is at least ``target`` times smaller.  ``plan`` itself where a layer's moments are
     missing or unusable, or no level reaches the target."""
-    chosen: dict[str, nn.Conv2d | nn.Linear] = {}
+    chosen: dict[str, Conv | nn.Linear] = {}
     spectra = {}
     for layer in plan.layers:
         module = model.get_submodule(layer.name)
-        if layer.name not in moments or not isinstance(module, (nn.Conv2d, nn.Linear)):
+        if layer.name not in moments or not isinstance(module, (*CONVOLUTIONS, nn.Linear)):
             return plan
         found = activation_spectra(module.weight, moments[layer.name])
         if found is None:
@@ -810,7 +821,7 @@ def plan_on_activations(
     def plan_at(energy: float) -> CompressionPlan:
         picked = {}
         for name, module in chosen.items():
-            out_channels, in_channels = _weight_3d(module).shape[:2]
+            out_channels, in_channels = _weight_4d(module).shape[:2]
             along, through = spectra[name]
             picked[name] = (
                 _spectrum_rank(along, energy, out_channels),
@@ -838,13 +849,13 @@ def apply_plan(
         module = student.get_submodule(layer.name)
         seen = (moments or {}).get(layer.name)
         twin: nn.Module
-        if isinstance(module, nn.Conv2d):
-            twin = TuckerConv2d.from_conv(module, layer.ranks, n_iter_max=n_iter_max, seed=seed, moments=seen)
+        if isinstance(module, CONVOLUTIONS):
+            twin = TuckerConv.from_conv(module, layer.ranks, n_iter_max=n_iter_max, seed=seed, moments=seen)
         elif isinstance(module, nn.Linear):
             twin = TuckerLinear.from_linear(
                 module, layer.ranks, n_iter_max=n_iter_max, seed=seed, moments=seen
             )
         else:
-            raise TypeError(f"{layer.name} is a {type(module).__name__}, not Conv2d or Linear")
+            raise TypeError(f"{layer.name} is a {type(module).__name__}, not Conv1d, Conv2d or Linear")
         student.set_submodule(layer.name, twin)
     return student

@@ -76,6 +76,7 @@ def test_the_spec_rules(signed_in: Page) -> None:
                 shape: spec.parseInputShape(" 1, 28 ,28 "),
                 vector: spec.parseInputShape("64"),
                 two: spec.parseInputShape("1,8"),
+                four: spec.parseInputShape("1,2,3,4"),
                 auto: spec.parseRanks(""),
                 evbmf: spec.parseRanks("EVBMF"),
                 fraction: spec.parseRanks("0.5"),
@@ -95,7 +96,8 @@ def test_the_spec_rules(signed_in: Page) -> None:
     )
     assert results["shape"] == {"value": [1, 28, 28]}
     assert results["vector"] == {"value": [64]}
-    assert "error" in results["two"]
+    assert results["two"] == {"value": [1, 8]}  # a signal: C,L
+    assert "error" in results["four"]
     assert results["auto"] == {"value": "auto"}
     assert results["evbmf"] == {"value": "evbmf"}
     assert results["fraction"] == {"value": 0.5}

@@ -118,6 +118,9 @@ def test_compress_refuses_a_state_dict_clearly(tmp_path: Path):
 
 def test_option_parsing():
     assert parse_shape("1,32,32") == [1, 32, 32]
+    assert parse_shape("2,256") == [2, 256]  # a signal
+    with pytest.raises(argparse.ArgumentTypeError, match="C,L"):
+        parse_shape("1,2,3,4")
     assert parse_ranks("evbmf") == "evbmf"
     assert parse_ranks("0.5") == 0.5
     assert parse_ranks("conv3=11:7,conv2=4:3") == {"conv3": [11, 7], "conv2": [4, 3]}

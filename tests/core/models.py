@@ -61,6 +61,24 @@ class TinyMLP(nn.Module):
         return self.net(x)
 
 
+class TinySignalCNN(nn.Module):
+    """A 1-D CNN with BatchNorm for (2, 32) signals, 3 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(2, 8, 5, padding=2)
+        self.bn1 = nn.BatchNorm1d(8)
+        self.conv2 = nn.Conv1d(8, 16, 3, padding=1)
+        self.bn2 = nn.BatchNorm1d(16)
+        self.conv3 = nn.Conv1d(16, 16, 3, stride=2, padding=1)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool1d(F.relu(self.bn1(self.conv1(x))), 2)  # (B, 8, 16)
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.head(F.relu(self.conv3(x)).mean(dim=2))
+
+
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give BatchNorm layers non-trivial statistics so eval mode matters."""
     generator = torch.Generator().manual_seed(seed)

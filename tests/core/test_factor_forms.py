@@ -11,7 +11,7 @@ from kegnet_core.loading import load_classifier
 from kegnet_core.measure import count_macs, parameter_count
 from kegnet_core.report import StudentForm
 from kegnet_core.tucker import (
-    TuckerConv2d,
+    TuckerConv,
     TuckerLinear,
     apply_plan,
     cheapest_exact_form,
@@ -31,9 +31,9 @@ CONVS = {
 }
 
 
-def _twin(conv: nn.Conv2d, ranks: tuple[int, int]) -> TuckerConv2d:
+def _twin(conv: nn.Conv1d | nn.Conv2d, ranks: tuple[int, int]) -> TuckerConv:
     torch.manual_seed(1)
-    return TuckerConv2d.from_conv(conv, ranks, n_iter_max=5)
+    return TuckerConv.from_conv(conv, ranks, n_iter_max=5)
 
 
 @pytest.mark.parametrize("geometry", list(CONVS), ids=list(CONVS))
@@ -123,7 +123,7 @@ def test_fold_factors_swaps_only_the_layers_a_cheaper_form_serves():
         torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-5)
     assert forms == {"near_full": "dense"}
     assert isinstance(folded.get_submodule("near_full"), nn.Conv2d)
-    assert isinstance(folded.get_submodule("low"), TuckerConv2d)
+    assert isinstance(folded.get_submodule("low"), TuckerConv)
     assert parameter_count(folded) < parameter_count(student)
     assert count_macs(folded, (3, 10, 10)) < count_macs(student, (3, 10, 10))
 
@@ -190,3 +190,35 @@ def test_a_vector_student_gets_its_linears_multiplied_out_and_unreached_layers_s
         torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-5)
     assert forms == {"first": "last folded"}
     assert folded.get_submodule("spare") is spare
+
+
+CONVS_1D = {
+    "k5": dict(in_channels=6, out_channels=10, kernel_size=5, padding=2),
+    "k3 stride 2 dilated": dict(
+        in_channels=6, out_channels=10, kernel_size=3, stride=2, padding=2, dilation=2
+    ),
+    "k1 stride 2": dict(in_channels=6, out_channels=10, kernel_size=1, stride=2),
+}
+
+
+@pytest.mark.parametrize("geometry", list(CONVS_1D), ids=list(CONVS_1D))
+def test_every_form_of_a_signal_convolution_computes_the_same_and_counts_its_cost(geometry):
+    torch.manual_seed(0)
+    twin = _twin(nn.Conv1d(**CONVS_1D[geometry]), (4, 3))  # type: ignore[arg-type]
+    assert all(type(part) is nn.Conv1d for part in (twin.first, twin.core, twin.last))
+    x = torch.randn(3, 6, 40)
+    with torch.no_grad():
+        expected = twin(x)
+        forms = exact_forms(twin, x.shape[-1], expected.shape[-1])
+        for form in forms:
+            torch.testing.assert_close(form.module(x), expected, rtol=1e-4, atol=1e-5)
+            assert form.params == parameter_count(form.module), form.name
+            assert form.macs == count_macs(form.module, (6, 40)), form.name
+
+
+def test_a_signal_convolution_at_full_ranks_is_reproduced():
+    torch.manual_seed(0)
+    conv = nn.Conv1d(5, 7, 3, padding=1)
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(_twin(conv, (7, 5))(x), conv(x), rtol=1e-4, atol=1e-5)

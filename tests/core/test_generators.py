@@ -14,7 +14,7 @@ from kegnet_core.images import latent_walk, png_bytes, sample_grid
 
 
 @pytest.mark.parametrize(
-    "shape", [(1, 32, 32), (3, 32, 32), (1, 8, 8), (1, 28, 28), (2, 20, 48), (3, 4, 4), (12,)]
+    "shape", [(1, 32, 32), (3, 32, 32), (1, 8, 8), (1, 28, 28), (2, 20, 48), (3, 4, 4), (12,), (2, 40)]
 )
 def test_generator_output_shape(shape):
     generator = build_generator(shape, n_classes=5, noise_dim=7)
@@ -71,3 +71,11 @@ def test_pictures_are_png_with_one_row_per_class():
     assert png_bytes(grid).startswith(b"\x89PNG\r\n\x1a\n")
     walk = latent_walk(generator, 4, 3, (1, 8, 8), steps=5, rows=2)
     assert walk.shape == (2 * (32 + 2) + 2, 5 * (32 + 2) + 2)
+
+
+def test_signal_samples_are_pictured_as_strips_one_row_per_class():
+    generator = build_generator((2, 40), n_classes=3, noise_dim=4).eval()
+    grid = sample_grid(generator, 3, 4, (2, 40), columns=5)
+    # Each 2-channel signal is a strip 8 pixels high (4 per channel) and 40 wide.
+    assert grid.shape == (3 * (8 + 2) + 2, 5 * (40 + 2) + 2)
+    assert png_bytes(grid).startswith(b"\x89PNG")

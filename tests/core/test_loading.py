@@ -16,7 +16,7 @@ from kegnet_core.errors import InvalidModelFileError, ModelRunError, Unsupported
 from kegnet_core.loading import load_classifier
 from kegnet_core.zoo import LeNet5, ResNet14, load_paper_teacher
 
-from .models import FunctionalNet, TinyCNN, TinyMLP, randomise_batchnorm, torchscript_bytes
+from .models import FunctionalNet, TinyCNN, TinyMLP, TinySignalCNN, randomise_batchnorm, torchscript_bytes
 
 CASES = [
     ("lenet5", LeNet5, (1, 32, 32), ["conv1", "conv2", "conv3", "fc1", "fc2"]),
@@ -24,6 +24,7 @@ CASES = [
     ("tiny_cnn", TinyCNN, (1, 8, 8), ["stem.0", "block.0", "head"]),
     ("functional", FunctionalNet, (3, 5, 5), ["conv", "grouped", "fc"]),
     ("mlp", TinyMLP, (12,), ["net.0", "net.3.0", "net.4"]),
+    ("signal", TinySignalCNN, (2, 32), ["conv1", "conv2", "conv3", "head"]),
 ]
 
 
@@ -39,7 +40,8 @@ def test_loaded_model_matches_original(name, factory, shape, layers, trace):
             assert torch.allclose(model(x), original(x), atol=1e-5, rtol=1e-5)
     modules = dict(model.named_modules())
     for layer in layers:
-        assert isinstance(modules[layer], (nn.Conv2d, nn.Linear)), layer
+        assert isinstance(modules[layer], (nn.Conv1d, nn.Conv2d, nn.Linear)), layer
+        assert type(modules[layer]).__name__ == type(original.get_submodule(layer)).__name__, layer
     # Weights are parameters again (not buffers), so the model can be trained.
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in original.parameters())
 

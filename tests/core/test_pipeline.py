@@ -16,7 +16,7 @@ from kegnet_core.progress import STAGES, ProgressEvent
 from kegnet_core.report import Report
 from kegnet_core.spec import CompressionSpec
 
-from .models import TinyMLP, torchscript_bytes
+from .models import TinyMLP, TinySignalCNN, torchscript_bytes
 
 FRESH_PROCESS_CHECK = """
 import json, sys, torch
@@ -319,3 +319,29 @@ def test_a_softmax_teacher_gets_a_student_answering_probabilities(tmp_path):
         assert name is not None
         answers = torch.jit.load(str(tmp_path / "out" / name))(x)
         assert bool((answers >= 0).all()) and torch.allclose(answers.sum(1), torch.ones(6), atol=1e-3)
+
+
+@pytest.mark.parametrize(("trace", "prior"), [(False, "auto"), (True, "kegnet")], ids=["scripted", "traced"])
+def test_a_signal_classifier_is_factorised_and_distilled(tmp_path, trace, prior):
+    # (C, L) inputs and Conv1d layers: the convolutions are found, factorised into three Conv1d
+    # each, BatchNorm folded into them, and every file answers as the trained student does.
+    path = tmp_path / "signal.pt"
+    path.write_bytes(torchscript_bytes(TinySignalCNN(), (2, 32), trace=trace))
+    spec = _spec(input_shape=(2, 32), layers=("conv2", "conv3"), ranks=0.5, prior=prior, quantize="int8")
+    report = run(path, spec, tmp_path / "out", measure_latency=False, device="cpu")
+    assert report.ranks == {"conv2": [8, 4], "conv3": [8, 8]}
+    assert [layer.kind for layer in report.layers] == ["conv1d", "conv1d"]
+    assert report.prior == ("synthesis" if prior == "auto" else "kegnet")  # the teacher has BatchNorm
+    assert report.student_form is not None and report.student_form.batch_norms_folded == 2
+    # Synthesised probes were measured to understate the loss on signals: no figure is given.
+    assert report.quality is not None and report.quality.estimated_loss is None
+    assert "signal" in report.quality.reason or "cannot tell" in report.quality.reason
+    assert report.int8 is not None and report.int8.file and report.onnx is not None
+    x = torch.randn(5, 2, 32)
+    student = torch.jit.load(str(tmp_path / "out" / report.artifacts.student))
+    params = sum(parameter.numel() for parameter in student.parameters())
+    assert params == report.student_form.parameters < report.params_before
+    answers = student(x)
+    assert answers.shape == (5, 3)
+    int8 = torch.jit.load(str(tmp_path / "out" / report.int8.file))(x)
+    assert int8.shape == (5, 3) and bool(torch.isfinite(int8).all())

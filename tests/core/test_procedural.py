@@ -1,4 +1,5 @@
-"""Procedural priors (dead leaves, 1/f noise), the procedural source, and what `auto` resolves to."""
+"""Procedural priors (images: dead leaves, 1/f noise; signals: 1/f noise, periodic waves, piecewise
+levels), the procedural source, and what `auto` resolves to."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 
 from kegnet_core.errors import SpecError
 from kegnet_core.generators import standardise_images
-from kegnet_core.procedural import dead_leaves, pink_noise
+from kegnet_core.procedural import dead_leaves, oscillations, pink_noise, pink_signals, steps
 from kegnet_core.sources import ProceduralSource, resolve_prior
 from kegnet_core.spec import CompressionSpec, Prior
 
@@ -96,6 +97,8 @@ def test_the_procedural_source_draws_batches_of_any_size(count):
         (1, (40,), Prior.GAUSSIAN),
         (0, (1, 32, 32), Prior.PROCEDURAL),
         (0, (64,), Prior.GAUSSIAN),
+        (2, (2, 256), Prior.SYNTHESIS),
+        (0, (1, 128), Prior.PROCEDURAL),
     ],
 )
 def test_auto_adapts_to_what_the_teacher_shows(batch_norms, shape, expected):
@@ -107,4 +110,51 @@ def test_auto_adapts_to_what_the_teacher_shows(batch_norms, shape, expected):
 def test_a_vector_spec_cannot_ask_for_images():
     with pytest.raises(SpecError) as caught:
         CompressionSpec(input_shape=(12,), prior="procedural")
+    assert caught.value.field == "prior"
+
+
+@pytest.mark.parametrize("draw", [pink_signals, oscillations, steps])
+@pytest.mark.parametrize("shape", [(1, 64), (3, 100)])
+def test_signals_are_standardised_and_follow_the_seed(draw, shape):
+    signals = draw(16, shape, torch.Generator().manual_seed(0))
+    assert signals.shape == (16, *shape) and torch.isfinite(signals).all()
+    assert torch.allclose(signals.mean(2), torch.zeros(16, shape[0]), atol=1e-4)
+    assert torch.allclose(signals.std(2), torch.ones(16, shape[0]), atol=1e-3)
+    assert torch.equal(signals, draw(16, shape, torch.Generator().manual_seed(0)))
+    assert not torch.allclose(signals, draw(16, shape, torch.Generator().manual_seed(1)))
+    assert draw(0, shape, torch.Generator()).shape == (0, *shape)
+
+
+def test_each_kind_of_signal_has_its_own_character():
+    rng = torch.Generator().manual_seed(7)
+    pink, waves, levels = (
+        pink_signals(64, (1, 256), rng),
+        oscillations(64, (1, 256), rng),
+        steps(64, (1, 256), rng),
+    )
+    # 1/f noise: more power at low frequencies than at high ones.
+    power = torch.fft.rfft(pink[:, 0]).abs().square().mean(0)
+    assert power[1:8].mean() > 20 * power[64:].mean()
+
+    # Periodic waves: a signal correlates with itself one period on far more than noise does with
+    # itself at the same lag (peaks of the autocorrelation past lag 0).
+    def best_repeat(signals: torch.Tensor) -> float:
+        x = signals[:, 0]
+        lags = range(4, 64)
+        return float(torch.stack([(x[:, lag:] * x[:, :-lag]).mean(1) for lag in lags]).max(0).values.median())
+
+    assert best_repeat(waves) > 0.5 > best_repeat(torch.randn(64, 1, 256))
+    # Piecewise levels and ramps: most neighbouring samples differ by little, a few jump.
+    steps_between = (levels[..., 1:] - levels[..., :-1]).abs()
+    assert float(steps_between.median()) < 0.1 and float(steps_between.max()) > 1.0
+
+
+def test_the_procedural_source_draws_signals_for_a_signal_shape():
+    batch = ProceduralSource((2, 64)).sample(31, torch.Generator().manual_seed(8))
+    assert batch.shape == (31, 2, 64) and torch.isfinite(batch).all()
+    CompressionSpec(input_shape=(2, 64), prior="procedural")  # allowed for signals
+    with pytest.raises(ValueError, match=r"\[C, L\] \(signals\)"):
+        CompressionSpec(input_shape=(1, 2, 3, 4))
+    with pytest.raises(SpecError) as caught:
+        CompressionSpec(input_shape=(2, 64), prior="strokes")
     assert caught.value.field == "prior"

@@ -99,6 +99,7 @@ def test_a_large_loss_is_flagged_without_a_size():
     # threshold the report says the loss is large and gives no number.
     probe = Probe.__new__(Probe)
     probe.inputs, probe.source, probe.data_like, probe.balance = torch.zeros(200, 1), "synthesised", True, 1.0
+    probe.unlike_why = ""
     _, small = assess(probe, student_agreement=0.99, tucker_agreement=0.7)
     assert small.trusted and small.estimated_loss == pytest.approx(1.0)
     assert small.tucker_only_estimated_loss is None  # 30 points: large, size untold
@@ -107,6 +108,9 @@ def test_a_large_loss_is_flagged_without_a_size():
     probe.data_like = False
     _, unknown = assess(probe, student_agreement=0.99, tucker_agreement=0.9)
     assert unknown.estimated_loss is None and "no BatchNorm" in unknown.reason
+    probe.unlike_why = "on signal classifiers such probes understate the loss"
+    _, signal = assess(probe, student_agreement=0.99, tucker_agreement=0.9)
+    assert signal.estimated_loss is None and signal.reason == f"cannot tell: {probe.unlike_why}"
 
 
 def test_noise_the_teacher_puts_in_one_class_is_not_reported_as_quality():

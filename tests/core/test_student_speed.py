@@ -12,7 +12,7 @@ from kegnet_core.export import _BATCH_NORM, fold_batch_norms, save_student
 from kegnet_core.loading import load_classifier
 from kegnet_core.measure import parameter_count
 from kegnet_core.spec import CompressionSpec, Prior
-from kegnet_core.tucker import CompressionPlan, TuckerConv2d, apply_plan, plan_compression, plan_without
+from kegnet_core.tucker import CompressionPlan, TuckerConv, apply_plan, plan_compression, plan_without
 
 from .models import TinyCNN, TinyMLP, randomise_batchnorm, torchscript_bytes
 
@@ -51,7 +51,7 @@ def test_folding_reaches_the_last_convolution_of_a_tucker_twin():
     folded, count = fold_batch_norms(student)
     assert count == 2
     twin = folded.get_submodule("block.0")
-    assert isinstance(twin, TuckerConv2d) and twin.last.bias is not None
+    assert isinstance(twin, TuckerConv) and twin.last.bias is not None
     x = torch.randn(4, *SHAPE)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), student(x), rtol=1e-5, atol=1e-5)
@@ -129,7 +129,7 @@ def _timed(slower: set[str]):
     def timed(teacher, student, names, input_shape, **kwargs):
         assert kwargs["channels_last"] is True
         # The twin timed has the planned ranks' shapes.
-        assert all(isinstance(student.get_submodule(name), TuckerConv2d) for name in names)
+        assert all(isinstance(student.get_submodule(name), TuckerConv) for name in names)
         return {name: (1.0, 2.0 if name in slower else 0.5) for name in names}
 
     return timed

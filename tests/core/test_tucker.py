@@ -12,7 +12,7 @@ from kegnet_core.errors import SpecError
 from kegnet_core.evbmf import evbmf_rank
 from kegnet_core.loading import load_classifier
 from kegnet_core.tucker import (
-    TuckerConv2d,
+    TuckerConv,
     TuckerLinear,
     apply_plan,
     default_layers,
@@ -35,7 +35,7 @@ from tests.core.models import torchscript_bytes
 )
 def test_conv_at_full_rank_equals_dense(conv):
     torch.manual_seed(0)
-    twin = TuckerConv2d.from_conv(conv, (conv.out_channels, conv.in_channels))
+    twin = TuckerConv.from_conv(conv, (conv.out_channels, conv.in_channels))
     x = torch.randn(2, conv.in_channels, 11, 11)
     with torch.no_grad():
         assert torch.allclose(twin(x), conv(x), atol=1e-5)
@@ -57,7 +57,7 @@ def test_low_rank_conv_is_exact_for_low_rank_weight():
     with torch.no_grad():  # weight of multilinear rank (3, 2) over the channel modes
         core = torch.randn(3, 2, 3, 3)
         conv.weight.copy_(torch.einsum("abkl,oa,ib->oikl", core, torch.randn(12, 3), torch.randn(8, 2)))
-    twin = TuckerConv2d.from_conv(conv, (3, 2))
+    twin = TuckerConv.from_conv(conv, (3, 2))
     x = torch.randn(2, 8, 7, 7)
     with torch.no_grad():
         assert torch.allclose(twin(x), conv(x), atol=1e-4)
@@ -91,7 +91,7 @@ def test_activation_aware_factors_at_full_rank_equal_dense(kind):
     x = torch.randn(64, 6, 9, 9) if kind == "conv" else torch.randn(64, 9)
     moments = _moments_of(layer, x)
     if isinstance(layer, nn.Conv2d):
-        twin: nn.Module = TuckerConv2d.from_conv(layer, (10, 6), moments=moments)
+        twin: nn.Module = TuckerConv.from_conv(layer, (10, 6), moments=moments)
     else:
         assert isinstance(layer, nn.Linear)
         twin = TuckerLinear.from_linear(layer, (5, 9), moments=moments)
@@ -108,8 +108,8 @@ def test_activation_aware_factors_fit_the_inputs_the_layer_sees():
     seen = torch.einsum("nchw,dc->ndhw", torch.randn(128, 3, 7, 7), basis[:, 5:])  # the weakest directions
     with torch.no_grad():  # the weights are strongest where the inputs never go
         conv.weight.copy_(torch.einsum("oikl,di->odkl", conv.weight, basis * torch.linspace(3, 0.1, 8)))
-    aware = TuckerConv2d.from_conv(conv, (12, 3), moments=_moments_of(conv, seen))
-    plain = TuckerConv2d.from_conv(conv, (12, 3))
+    aware = TuckerConv.from_conv(conv, (12, 3), moments=_moments_of(conv, seen))
+    plain = TuckerConv.from_conv(conv, (12, 3))
     with torch.no_grad():
         target = conv(seen)
         aware_error = (aware(seen) - target).norm() / target.norm()
@@ -169,7 +169,7 @@ def test_plan_counts_parameters_of_the_built_student():
     plan = plan_compression(model, layers=["conv2", "fc1"], ranks=0.5)
     student = apply_plan(model, plan)
     assert sum(p.numel() for p in student.parameters()) == plan.params_after
-    assert isinstance(student.conv2, TuckerConv2d) and isinstance(student.fc1, TuckerLinear)
+    assert isinstance(student.conv2, TuckerConv) and isinstance(student.fc1, TuckerLinear)
     assert isinstance(model.conv2, nn.Conv2d)  # the original is left alone
 
 

@@ -7,7 +7,7 @@ import { buildSpec, choicesFromOpenApi, fieldOf, PARSERS, setChoices } from "./s
 
 const HELP = {
   model: "A classifier saved with torch.jit.save (script or trace).",
-  input_shape: "One input: C,H,W for images (1,28,28) or D for feature vectors (64).",
+  input_shape: "One input: C,H,W for images (1,28,28), C,L for signals (1,128) or D for feature vectors (64).",
   task: "Compress: a smaller student. Extract: only the generators, for your own distillation.",
   preset: "quick: seconds, for trying things. default: our recipe. paper: the published MNIST recipe.",
   prior: "Samples the student learns from. auto: the recipe's choice (inputs synthesised against your model). Or: synthesis, KegNet generators (with random pen strokes for images), the paper's baselines, strokes alone, or none (Tucker only).",

@@ -20,14 +20,14 @@ function positiveInteger(text) {
   return /^\d+$/.test(text) && Number(text) > 0 ? Number(text) : null;
 }
 
-/** "C,H,W" for an image or "D" for a feature vector, positive integers. */
+/** "C,H,W" for an image, "C,L" for a signal or "D" for a feature vector, positive integers. */
 export function parseInputShape(text) {
   const trimmed = text.trim();
-  if (!trimmed) return bad("required: C,H,W for images (e.g. 1,28,28) or D for vectors (e.g. 64)");
+  if (!trimmed) return bad("required: C,H,W for images (e.g. 1,28,28), C,L for signals (e.g. 1,128) or D for vectors (e.g. 64)");
   const parts = trimmed.split(/\s*[,x×]\s*/);
   const sizes = parts.map(positiveInteger);
   if (sizes.some((size) => size === null)) return bad("use positive integers separated by commas");
-  if (sizes.length !== 1 && sizes.length !== 3) return bad("give C,H,W (three numbers) or D (one number)");
+  if (sizes.length > 3) return bad("give C,H,W (three numbers), C,L (two) or D (one)");
   return ok(sizes);
 }
 
