@@ -22,6 +22,7 @@ from kegnet_service import jobs
 from kegnet_service.db import session_scope
 from kegnet_service.models import Job
 from kegnet_service.settings import Settings
+from tests.core.models import TinySignalCNN, torchscript_bytes
 from worker.tasks import execute_job
 
 from .conftest import ALICE, BOB, auth, submit
@@ -68,7 +69,8 @@ def test_submit_queues_a_job(client, settings, tiny_model_bytes):
         ("{not json", "spec"),
         ("{}", "spec.input_shape"),
         ('{"input_shape": [1, 8, 8], "colour": "red"}', "spec.colour"),
-        ('{"input_shape": [1, 8]}', "spec.input_shape"),
+        ('{"input_shape": [1, 2, 8, 8]}', "spec.input_shape"),
+        ('{"input_shape": [2, 16], "prior": "strokes"}', "spec.prior"),
         ('{"input_shape": [1, 0, 8]}', "spec.input_shape"),
         ('{"input_shape": [1, 8, 8], "prior": "laplace"}', "spec.prior"),
         ('{"input_shape": [12], "prior": "strokes"}', "spec.prior"),
@@ -515,3 +517,18 @@ def test_a_queued_job_whose_message_was_lost_is_sent_again(client, settings, tin
     assert len(_queued_messages(settings)) == 1
     assert reap_once(settings, celery) == []  # touched when sent: not again at once
     assert execute_job(job_id, settings) == "succeeded"
+
+
+def test_a_signal_classifier_is_compressed_through_the_service(client, settings, tmp_path):
+    # A Conv1d model over (C, L) inputs goes the whole way: upload, worker, download.
+    torch.manual_seed(0)
+    model_bytes = torchscript_bytes(TinySignalCNN(), (2, 32))
+    spec = '{"input_shape": [2, 32], "preset": "quick", "layers": ["conv2", "conv3"], "ranks": 0.5}'
+    job_id = submit(client, model_bytes, spec).json()["id"]
+    assert execute_job(job_id, settings) == "succeeded"
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
+    assert [layer["kind"] for layer in job["report"]["layers"]] == ["conv1d", "conv1d"]
+    assert job["report"]["quality"]["estimated_loss"] is None  # withheld on signals
+    path = tmp_path / "student.pt"
+    path.write_bytes(client.get(f"/v1/jobs/{job_id}/model", headers=auth()).content)
+    assert torch.jit.load(str(path))(torch.randn(4, 2, 32)).shape == (4, 3)
