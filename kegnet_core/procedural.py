@@ -81,6 +81,16 @@ def dead_leaves(
     return standardise_images(images)
 
 
+def _share_channels(samples: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Channels partly common, as a colour image's or a sensor's are: each keeps 50-100% of its
+    own values, the rest is the mean over channels.  (N, C, ...) in and out."""
+    if samples.size(1) == 1:
+        return samples
+    shape = (samples.size(0), samples.size(1), *[1] * (samples.dim() - 2))
+    own = 0.5 + 0.5 * torch.rand(*shape, generator=rng, device=rng.device)
+    return samples * own + samples.mean(dim=1, keepdim=True) * (1 - own)
+
+
 @torch.no_grad()
 def pink_noise(
     count: int, input_shape: Sequence[int], rng: torch.Generator, exponents: tuple[float, float] = (1.0, 2.5)
@@ -104,10 +114,7 @@ def pink_noise(
     real = torch.randn(*shape, generator=rng, device=device)
     imaginary = torch.randn(*shape, generator=rng, device=device)
     images = torch.fft.irfft2(torch.complex(real, imaginary) * amplitude, s=(height, width))
-    if channels > 1:
-        own = 0.5 + 0.5 * torch.rand(count, channels, 1, 1, generator=rng, device=device)
-        images = images * own + images.mean(dim=1, keepdim=True) * (1 - own)
-    return standardise_images(images)
+    return standardise_images(_share_channels(images, rng))
 
 
 # --------------------------------------------------------------------------
@@ -125,14 +132,6 @@ def _standardise_signals(signals: torch.Tensor) -> torch.Tensor:
     if signals.numel() == 0:
         return signals
     return standardise_images(signals.unsqueeze(-1)).squeeze(-1)
-
-
-def _share_channels(signals: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """Channels partly common, as a sensor's channels are: each keeps 50-100% of its own signal."""
-    if signals.size(1) == 1:
-        return signals
-    own = 0.5 + 0.5 * torch.rand(signals.size(0), signals.size(1), 1, generator=rng, device=rng.device)
-    return signals * own + signals.mean(dim=1, keepdim=True) * (1 - own)
 
 
 @torch.no_grad()
