@@ -683,6 +683,11 @@ def _auto_out_of_reach(model: nn.Module, layers: Sequence[str]) -> SpecError:
     )
 
 
+def _conv_kind(conv: Conv) -> str:
+    """``"conv1d"`` or ``"conv2d"``, whatever subclass of either ``conv`` is."""
+    return "conv1d" if isinstance(conv, nn.Conv1d) else "conv2d"
+
+
 def _make_plan(
     chosen: dict[str, Conv | nn.Linear], picked: dict[str, Ranks], total: int, *, keep_all: bool
 ) -> CompressionPlan:
@@ -695,7 +700,7 @@ def _make_plan(
         plans.append(
             LayerPlan(
                 name=name,
-                kind="linear" if isinstance(module, nn.Linear) else type(module).__name__.lower(),
+                kind="linear" if isinstance(module, nn.Linear) else _conv_kind(module),
                 weight_shape=tuple(module.weight.shape),
                 ranks=picked[name],
                 params_before=before,
