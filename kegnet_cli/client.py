@@ -21,6 +21,7 @@ from kegnet_cli.options import add_spec_options, spec_from_args
 from kegnet_cli.progress_bar import ProgressBar
 from kegnet_core.artifacts import (
     GENERATORS,
+    LATENT_WALK,
     REPORT,
     SAMPLES,
     STUDENT,
@@ -42,6 +43,7 @@ DOWNLOADS = {
     "report": REPORT,
     "samples": SAMPLES,
     "generators": GENERATORS,
+    "latent_walk": LATENT_WALK,
 }
 
 
@@ -140,7 +142,10 @@ def _duration(seconds: float) -> str:
 def submit(args: argparse.Namespace) -> int:
     from kegnet_cli.offline import summary_lines
 
-    spec = spec_from_args(args, "extract" if args.extract else "compress")
+    task = "extract" if args.extract else args.task
+    spec = spec_from_args(args, task)
+    if task == "quantize" and spec["quantize"] == "none":  # the option's default: a quantize job is int8
+        spec["quantize"] = "int8"
     model = Path(args.model)
     if not model.is_file():
         print(f"kegnet submit: no such file: {model}", file=sys.stderr)
@@ -166,9 +171,14 @@ def submit(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        what = "generators" if args.extract else "model"
-        default = f"{model.stem}_generators.zip" if args.extract else f"{model.stem}_student.pt"
+        what, default = {
+            "extract": ("generators", f"{model.stem}_generators.zip"),
+            "quantize": ("model_int8", f"{model.stem}_int8.pt"),
+        }.get(task, ("model", f"{model.stem}_student.pt"))
         output = _download(client, job["id"], what, Path(args.output or default))
+        if task == "compress" and "model_int8" in job.get("links", {}):  # --quantize int8: both students
+            int8 = _download(client, job["id"], "model_int8", output.with_name(f"{output.stem}_int8.pt"))
+            print(f"wrote {int8}")
         report_path = output.with_name(f"{output.stem}_report.json")
         report_path.write_text(json.dumps(job["report"], indent=2))
         for line in summary_lines(Report.model_validate(job["report"])):
@@ -227,7 +237,14 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     submit_parser = commands.add_parser("submit", help="upload a model to a kegnet server")
     submit_parser.add_argument("model", help="the teacher: a TorchScript file")
     add_spec_options(submit_parser)
-    submit_parser.add_argument("--extract", action="store_true", help="train generators only")
+    submit_parser.add_argument(
+        "--task",
+        choices=["compress", "extract", "quantize"],
+        default="compress",
+        help="compress (default); extract: train generators only; "
+        "quantize: an int8 copy of the model, no Tucker",
+    )
+    submit_parser.add_argument("--extract", action="store_true", help="the same as --task extract")
     submit_parser.add_argument("--wait", action="store_true", help="follow the job, then download the result")
     submit_parser.add_argument("-o", "--output", help="where --wait saves the result")
     submit_parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls")

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     extract = commands.add_parser("extract", help="train generators only (the extracted knowledge)")
     extract.add_argument("model", help="the teacher: a TorchScript file")
-    add_spec_options(extract)
+    add_spec_options(extract, factorises=False)
     extract.add_argument("-o", "--output", required=True, help="folder for the generators and images")
     extract.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     extract.set_defaults(handler=_extract)
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "quantize", help="an int8 copy of a TorchScript classifier (no Tucker), calibrated without data"
     )
     quantize.add_argument("model", help="the teacher: a TorchScript file")
-    add_spec_options(quantize)
+    add_spec_options(quantize, factorises=False)
     quantize.add_argument("-o", "--output", required=True, help="where to write the int8 model (.pt)")
     quantize.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
     quantize.set_defaults(handler=_quantize, quantize="int8")

@@ -164,10 +164,23 @@ def run_offline(args: argparse.Namespace, task: str) -> int:
     if task == "extract" and output.suffix == ".pt":
         print("kegnet extract: -o names a folder for the generators, not a .pt file", file=sys.stderr)
         return 2
+    beside = task in ("compress", "quantize")  # -o names the model; the rest goes beside it
+    model = Path(args.model)
+    if not model.is_file():
+        print(f"kegnet {task}: no model file at {model}", file=sys.stderr)
+        return 2
+    if beside and output.suffix != ".pt":
+        print(
+            f"kegnet {task}: -o names the TorchScript file to write and must end in .pt, got {output}",
+            file=sys.stderr,
+        )
+        return 2
+    if beside and output.resolve() == model.resolve():
+        print(f"kegnet {task}: -o {output} is the model itself; name another file", file=sys.stderr)
+        return 2
     bar = ProgressBar()
     try:
         spec = parse_spec(spec_from_args(args, task))
-        beside = task in ("compress", "quantize")  # -o names the model; the rest goes beside it
         target = output.parent if beside else output
         target.mkdir(parents=True, exist_ok=True)
         stem = output.stem if beside else None
@@ -178,6 +191,12 @@ def run_offline(args: argparse.Namespace, task: str) -> int:
             report = run(args.model, spec, layout, progress=bar, device=args.device)
             bar.close()
             placed = sorted(path.name for path in Path(scratch).iterdir() if not path.name.startswith("."))
+            if any((target / name).resolve() == model.resolve() for name in placed):
+                print(
+                    f"kegnet {task}: a file of the run would replace the model {model}; name -o elsewhere",
+                    file=sys.stderr,
+                )
+                return 2
             for name in placed:
                 shutil.move(str(Path(scratch) / name), target / name)
     except KegnetError as exc:

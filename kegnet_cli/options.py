@@ -68,23 +68,17 @@ def parse_ranks(text: str) -> str | float | dict[str, list[int]]:
     return ranks
 
 
-def add_spec_options(parser: argparse.ArgumentParser) -> None:
-    """The options shared by ``compress``, ``extract`` and ``submit``."""
+def add_spec_options(parser: argparse.ArgumentParser, *, factorises: bool = True) -> None:
+    """The options shared by ``compress``, ``extract``, ``quantize`` and ``submit``; the layers,
+    ranks, ratio and int8 options only where the command factorises (``factorises``)."""
     parser.add_argument(
         "--input-shape",
         required=True,
         type=parse_shape,
         help="C,H,W for images, C,L for signals, D for vectors",
     )
-    parser.add_argument(
-        "--layers",
-        help="comma-separated module paths to factorise (default: every layer that gets smaller, "
-        "except the first and the output layer)",
-    )
-    parser.add_argument(
-        "--ranks", type=parse_ranks, default="auto", help="auto (2x smaller) | evbmf | 0.5 | conv3=11:7,..."
-    )
-    parser.add_argument("--target-ratio", type=float, help="choose ranks so the model shrinks this much")
+    if factorises:
+        _add_factorising_options(parser)
     parser.add_argument(
         "--prior",
         choices=[p.value for p in Prior],
@@ -93,15 +87,10 @@ def add_spec_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--preset", choices=[p.value for p in PresetName], default=PresetName.DEFAULT.value)
     parser.add_argument(
-        "--quantize",
-        choices=[q.value for q in Quantize],
-        default=Quantize.NONE.value,
-        help="int8: also write an int8 student, calibrated on the run's generated samples",
-    )
-    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
+        type=parse_override,
         default=[],
         metavar="SECTION.SETTING=VALUE",
         help="override one recipe setting, e.g. --set distill.steps=500 (repeatable)",
@@ -115,13 +104,38 @@ def add_spec_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+def _add_factorising_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--layers",
+        help="comma-separated module paths to factorise (default: every layer that gets smaller, "
+        "except the first and the output layer; with --ranks auto the first joins them where the "
+        "others cannot make the model 2x smaller)",
+    )
+    parser.add_argument(
+        "--ranks", type=parse_ranks, default="auto", help="auto (2x smaller) | evbmf | 0.5 | conv3=11:7,..."
+    )
+    parser.add_argument(
+        "--target-ratio",
+        type=float,
+        help="choose ranks so the model shrinks at least this much (leave --ranks at auto)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=[q.value for q in Quantize],
+        default=Quantize.NONE.value,
+        help="int8: also write an int8 student, calibrated on the run's generated samples",
+    )
+
+
 def spec_from_args(args: argparse.Namespace, task: str = "compress") -> dict[str, Any]:
-    """The job spec dict from parsed options."""
+    """The job spec dict from parsed options (a command without the factorising options
+    leaves their fields at their defaults)."""
+    layers = getattr(args, "layers", None)
     return {
         "input_shape": args.input_shape,
-        "layers": [name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None,
-        "ranks": args.ranks,
-        "target_ratio": args.target_ratio,
+        "layers": [name.strip() for name in layers.split(",") if name.strip()] if layers else None,
+        "ranks": getattr(args, "ranks", "auto"),
+        "target_ratio": getattr(args, "target_ratio", None),
         "prior": args.prior,
         "preset": args.preset,
         "seed": args.seed,
@@ -130,6 +144,14 @@ def spec_from_args(args: argparse.Namespace, task: str = "compress") -> dict[str
         "overrides": parse_overrides(getattr(args, "overrides", None) or []),
         "budget_s": getattr(args, "budget", None),
     }
+
+
+def parse_override(item: str) -> str:
+    """One ``--set`` item, checked to have the form SECTION.SETTING=VALUE (argparse reports it)."""
+    key, sep, _text = item.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"takes SECTION.SETTING=VALUE, e.g. distill.steps=500; got {item!r}")
+    return item
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -250,11 +250,18 @@ def parse_duration(text: str) -> float:
     Raises ValueError naming the accepted forms."""
     stripped = text.strip().lower()
     try:
-        return float(stripped)
+        value = float(stripped)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"a duration is a positive number of seconds or 90s, 15m, 1h30m, got {text!r}")
+        return value
     match = _DURATION.fullmatch(stripped)
     if not stripped or match is None or not any(match.groups()):
         raise ValueError(f"a duration looks like 90s, 15m, 1h30m or 600 (seconds), got {text!r}")
     hours, minutes, seconds = (float(part) if part else 0.0 for part in match.groups())
-    return hours * 3600 + minutes * 60 + seconds
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise ValueError(f"a duration must be longer than zero, got {text!r}")
+    return total

@@ -23,7 +23,7 @@ from kegnet_core import stages
 from kegnet_core.budget import BudgetPlan, StepCosts, distill_steps_for, plan_budget, scale_distillation
 from kegnet_core.checkpoint import Checkpoints
 from kegnet_core.config import Recipe
-from kegnet_core.errors import UnsupportedModelError
+from kegnet_core.errors import SpecError, UnsupportedModelError
 from kegnet_core.images import png_bytes, save_png
 from kegnet_core.measure import parameter_count
 from kegnet_core.progress import ProgressCallback, ProgressEvent, ignore_progress
@@ -39,9 +39,19 @@ PROBE_SAMPLES = 2000
 
 def pick_device(requested: str | None = None) -> torch.device:
     """``requested``, else the first CUDA device when there is one, else the CPU."""
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not requested:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise SpecError(f"{requested!r} is not a device: use cpu, cuda or cuda:N", field="device") from None
+    if device.type == "cuda" and (
+        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+    ):
+        raise SpecError(f"{requested!r} is not available on this machine", field="device")
+    if device.type not in ("cpu", "cuda"):
+        raise SpecError(f"{requested!r} is not supported: use cpu, cuda or cuda:N", field="device")
+    return device
 
 
 class _Clock:

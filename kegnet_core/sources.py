@@ -293,7 +293,9 @@ REGISTRY: dict[Prior, SourceFactory] = {
 }
 
 
-def resolve_prior(prior: Prior, batch_norms: int, input_shape: Sequence[int]) -> Prior:
+def resolve_prior(
+    prior: Prior, batch_norms: int, input_shape: Sequence[int], *, synthesises: bool = True
+) -> Prior:
     """The prior a run uses; any but ``auto`` is itself.
 
     ``auto`` adapts to what the teacher shows (docs/design.md, "The default
@@ -301,13 +303,15 @@ def resolve_prior(prior: Prior, batch_norms: int, input_shape: Sequence[int]) ->
     make the natural scale (with BatchNorm too: there synthesised vectors lost
     5 points to it); an image or signal classifier with BatchNorm layers
     ``synthesis`` (inputs matched to their running statistics), one without
-    ``procedural`` images or signals.
+    ``procedural`` images or signals.  Where the recipe synthesises nothing
+    (``synthesises`` False: the ``paper`` preset, ``synthesis.samples`` 0) a
+    BatchNorm teacher gets ``procedural`` inputs too.
     """
     if prior is not Prior.AUTO:
         return prior
     if len(input_shape) == 1:
         return Prior.GAUSSIAN
-    return Prior.SYNTHESIS if batch_norms > 0 else Prior.PROCEDURAL
+    return Prior.SYNTHESIS if batch_norms > 0 and synthesises else Prior.PROCEDURAL
 
 
 def needs_generators(prior: Prior) -> bool:

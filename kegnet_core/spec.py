@@ -13,6 +13,7 @@ This module imports nothing heavy: the API uses it without torch.
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -49,6 +50,9 @@ class Prior(StrEnum):
 
 
 MIN_BUDGET_S = 10.0
+# One input may hold at most this many values (a 3 x 2048 x 2048 image fits): each dimension's own
+# bound let [3, 65536, 65536] through, and a run would then try to allocate hundreds of GB.
+MAX_INPUT_VALUES = 2**24
 MAX_BUDGET_S = 7 * 24 * 3600.0
 
 
@@ -88,8 +92,23 @@ def _no_bool(value: Any) -> Any:
     return value
 
 
+_RANK_MAP = "{layer: [out_rank, in_rank]}"
 Fraction = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=1)]
-Seconds = Annotated[float, BeforeValidator(_no_bool), Field(ge=MIN_BUDGET_S, le=MAX_BUDGET_S)]
+
+
+def _budget_seconds(value: Any) -> Any:
+    """A budget's bounds said in seconds (the constraint's own words named only a number)."""
+    value = _no_bool(value)
+    if isinstance(value, (int, float)) and not MIN_BUDGET_S <= value <= MAX_BUDGET_S:
+        raise ValueError(
+            f"a budget is {MIN_BUDGET_S:g} seconds to {MAX_BUDGET_S / 86400:g} days, got {value:g} seconds"
+        )
+    return value
+
+
+Seconds = Annotated[
+    float, BeforeValidator(_budget_seconds), Field(ge=MIN_BUDGET_S, le=MAX_BUDGET_S, allow_inf_nan=False)
+]
 RankPair = tuple[Annotated[StrictInt, Field(gt=0)], Annotated[StrictInt, Field(gt=0)]]
 OverrideValue = StrictInt | float | bool | None | list[StrictInt]
 
@@ -108,7 +127,8 @@ class CompressionSpec(BaseModel):
         None,
         min_length=1,
         description="module paths to factorise; null: every layer that gets smaller except the first "
-        "and the output layer",
+        "and the output layer (with ranks 'auto' the first joins them where the others cannot make the "
+        "model 2x smaller)",
     )
     ranks: Literal["auto", "evbmf"] | Fraction | dict[str, RankPair] = Field(
         "auto",
@@ -117,8 +137,8 @@ class CompressionSpec(BaseModel):
         "(Bayesian rank selection on the weights alone), a keep fraction in (0, 1], or "
         "{layer: [out_rank, in_rank]}",
     )
-    target_ratio: Annotated[float, BeforeValidator(_no_bool), Field(gt=1)] | None = Field(
-        None, description="choose ranks so the whole model shrinks at least this much"
+    target_ratio: Annotated[float, BeforeValidator(_no_bool), Field(gt=1, allow_inf_nan=False)] | None = (
+        Field(None, description="choose ranks so the whole model shrinks at least this much")
     )
     prior: Prior = Field(
         Prior.AUTO,
@@ -160,13 +180,49 @@ class CompressionSpec(BaseModel):
             raise ValueError(
                 f"must be [C, H, W] (images), [C, L] (signals) or [D] (vectors), got {list(shape)}"
             )
+        if math.prod(shape) > MAX_INPUT_VALUES:
+            raise ValueError(
+                f"one input of {list(shape)} holds {math.prod(shape):,} values; at most "
+                f"{MAX_INPUT_VALUES:,} are accepted (3 x 2048 x 2048 fits)"
+            )
         return shape
 
-    @field_validator("ranks")
+    @field_validator("ranks", mode="before")
     @classmethod
-    def _ranks_name_layers(cls, ranks: Any) -> Any:
-        if isinstance(ranks, dict) and not ranks:
-            raise ValueError("explicit ranks need at least one layer")
+    def _ranks_by_kind(cls, ranks: Any) -> Any:
+        """One clear message for each kind of bad ``ranks`` (a union's first error named only
+        the first kind it tried: "Input should be 'auto' or 'evbmf'" for any mistake)."""
+        if isinstance(ranks, str):
+            if ranks not in ("auto", "evbmf"):
+                raise ValueError(
+                    f"must be 'auto', 'evbmf', a keep fraction in (0, 1] or {_RANK_MAP}, got {ranks!r}"
+                )
+        elif isinstance(ranks, (int, float)) and not isinstance(ranks, bool):
+            if not 0 < ranks <= 1:  # NaN fails this too
+                raise ValueError(
+                    f"a keep fraction must be in (0, 1], got {ranks}; name ranks per layer as {_RANK_MAP}"
+                )
+        elif isinstance(ranks, dict):
+            if not ranks:
+                raise ValueError("explicit ranks need at least one layer")
+            for layer, pair in ranks.items():
+                if not isinstance(layer, str) or not layer:
+                    raise ValueError(f"a layer name must be a non-empty module path, got {layer!r}")
+                if (
+                    not isinstance(pair, (list, tuple))
+                    or len(pair) != 2
+                    or not all(
+                        isinstance(rank, int) and not isinstance(rank, bool) and rank > 0 for rank in pair
+                    )
+                ):
+                    raise ValueError(
+                        f"ranks for {layer!r} must be [out_rank, in_rank], two positive integers, "
+                        f"got {pair!r}"
+                    )
+        else:
+            raise ValueError(
+                f"must be 'auto', 'evbmf', a keep fraction in (0, 1] or {_RANK_MAP}, got {ranks!r}"
+            )
         return ranks
 
     @model_validator(mode="before")
@@ -192,12 +248,44 @@ class CompressionSpec(BaseModel):
             )
         if self.quantize is not Quantize.NONE and self.task is Task.EXTRACT:
             raise SpecError("quantize applies to compress and quantize jobs, not extract", field="quantize")
+        if self.task is not Task.COMPRESS:
+            job = f"an {self.task.value} job" if self.task is Task.EXTRACT else f"a {self.task.value} job"
+            for name, unset in (
+                ("layers", self.layers is None),
+                ("ranks", self.ranks == "auto"),
+                ("target_ratio", self.target_ratio is None),
+            ):
+                if not unset:
+                    raise SpecError(f"{job} factorises no layer: drop {name}", field=name)
+        if self.task is Task.EXTRACT and self.prior not in (Prior.AUTO, Prior.KEGNET):
+            raise SpecError(
+                f"an extract job trains KegNet generators whatever the prior: drop prior "
+                f"{self.prior.value!r} (or leave it 'auto')",
+                field="prior",
+            )
+        if self.task is Task.QUANTIZE and self.prior is Prior.NONE:
+            raise SpecError(
+                "a quantize job calibrates on the prior's samples, and prior 'none' draws none",
+                field="prior",
+            )
+        if self.target_ratio is not None and self.ranks != "auto":
+            raise SpecError(
+                f"target_ratio chooses the ranks itself (one energy level for all layers): "
+                f"leave ranks at 'auto' or drop target_ratio, got ranks {self.ranks!r}",
+                field="target_ratio",
+            )
         if self.task is Task.QUANTIZE and self.quantize is Quantize.NONE:
             raise SpecError("a quantize job makes an int8 model: quantize must be 'int8'", field="quantize")
         try:
-            self.recipe()
+            recipe = self.recipe()
         except (ValueError, TypeError) as exc:
             raise SpecError(str(exc), field="overrides") from exc
+        if self.prior is Prior.SYNTHESIS and recipe.synthesis.samples <= 0:
+            raise SpecError(
+                f"prior 'synthesis' trains on synthesised inputs, and preset '{self.preset.value}' "
+                "makes none (synthesis.samples 0): set overrides synthesis.samples or use preset 'default'",
+                field="prior",
+            )
         return self
 
     def recipe(self) -> Recipe:

@@ -210,7 +210,9 @@ def validate(
         n_classes=_class_count(teacher, input_shape, device),
         batch_norms=batch_norms,
         macs=macs,
-        prior=resolve_prior(spec.prior, batch_norms, input_shape),
+        prior=resolve_prior(
+            spec.prior, batch_norms, input_shape, synthesises=spec.recipe().synthesis.samples > 0
+        ),
         answers=answers,
     )
     if spec.task is Task.COMPRESS:

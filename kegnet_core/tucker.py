@@ -551,8 +551,14 @@ def _explicit_ranks(name: str, module: Conv | nn.Linear, ranks: Sequence[int]) -
 
 
 def _choose_layers(
-    candidates: dict[str, Conv | nn.Linear], all_modules: dict[str, nn.Module], layers: Sequence[str]
+    candidates: dict[str, Conv | nn.Linear],
+    all_modules: dict[str, nn.Module],
+    layers: Sequence[str],
+    *,
+    field: str = "layers",
 ) -> dict[str, Conv | nn.Linear]:
+    """The named layers; a name that cannot be factorised is blamed on ``field`` (``ranks`` where
+    explicit ranks named the layers)."""
     chosen: dict[str, Conv | nn.Linear] = {}
     for name in layers:
         if name not in candidates:
@@ -563,18 +569,16 @@ def _choose_layers(
                     f"layer {name!r} holds weights that its model does not use as one Conv1d, Conv2d "
                     "or Linear layer (they are used by more than one call, or as a transposed or 3-D "
                     "convolution), so it cannot be factorised",
-                    field="layers",
+                    field=field,
                 )
             if name in all_modules:
                 raise SpecError(
                     f"layer {name!r} is a {type(all_modules[name]).__name__}; only Conv1d and Conv2d "
                     "(groups=1) and Linear layers can be factorised",
-                    field="layers",
+                    field=field,
                 )
             known = ", ".join(sorted(candidates)) or "none"
-            raise SpecError(
-                f"layer {name!r} is not in the model; factorisable layers: {known}", field="layers"
-            )
+            raise SpecError(f"layer {name!r} is not in the model; factorisable layers: {known}", field=field)
         chosen[name] = candidates[name]
     return chosen
 
@@ -607,21 +611,37 @@ def plan_compression(
     model half the size that distillation can bring back to its teacher.
     When the default layers cannot reach that ratio, the first layer joins them.
     """
-    if ranks == "auto" and target_ratio is None:
+    from_auto = ranks == "auto" and target_ratio is None
+    if from_auto:
         target_ratio = AUTO_RATIO
         if layers is None:
             return _auto_plan(model)
     candidates = factorisable_layers(model)
+    named_by_ranks = False
     if layers is None and isinstance(ranks, Mapping) and target_ratio is None:
-        layers = list(ranks)  # explicit ranks name their layers
+        layers, named_by_ranks = list(ranks), True  # explicit ranks name their layers
     if layers is None:
         keep = set(default_layers(model))
         chosen = {name: module for name, module in candidates.items() if name in keep}
     else:
-        chosen = _choose_layers(candidates, dict(model.named_modules()), layers)
+        chosen = _choose_layers(
+            candidates, dict(model.named_modules()), layers, field="ranks" if named_by_ranks else "layers"
+        )
     total = sum(p.numel() for p in model.parameters())
     if target_ratio is not None:
-        return _plan_for_ratio(chosen, total, target_ratio, explicit=layers is not None)
+        try:
+            return _plan_for_ratio(chosen, total, target_ratio, explicit=layers is not None)
+        except SpecError as exc:
+            if not from_auto or exc.field != "target_ratio":
+                raise
+            reach = _make_plan(chosen, {name: (1, 1) for name in chosen}, total, keep_all=False)
+            raise SpecError(
+                f"the default ranks ('auto') make the whole model {AUTO_RATIO:g}x smaller, which "
+                f"factorising only {sorted(chosen)} cannot: at rank 1 they give "
+                f"{reach.compression_ratio:.2f}x; name ranks for them (e.g. {{layer: [out_rank, "
+                "in_rank]}}), a keep fraction such as 0.5, 'evbmf', or more layers",
+                field="ranks",
+            ) from None
 
     if isinstance(ranks, Mapping):
         unknown = sorted(set(ranks) - set(chosen))

@@ -143,3 +143,27 @@ def test_a_slower_int8_model_is_called_slower():
 
     assert _speed(1.0, 2.5) == "2.50x slower"
     assert _speed(2.0, 1.0) == "2.00x faster"
+
+
+def test_everyday_mistakes_get_one_line_and_exit_code_2_and_never_touch_the_model(
+    tiny_cnn: Path, tmp_path: Path
+):
+    original = tiny_cnn.read_bytes()
+    common = ("--input-shape", "1,8,8", "--preset", "quick")
+    cases = [
+        (("compress", str(tiny_cnn), *common, "-o", "out/student.pth"), "must end in .pt"),
+        (("compress", str(tiny_cnn), *common, "-o", str(tiny_cnn)), "is the model itself"),
+        (("quantize", str(tiny_cnn), *common, "-o", str(tiny_cnn)), "is the model itself"),
+        (("compress", str(tmp_path / "missing.pt"), *common, "-o", "s.pt"), "no model file"),
+        (
+            ("compress", str(tiny_cnn), *common, "--set", "distill.steps", "-o", "s.pt"),
+            "SECTION.SETTING=VALUE",
+        ),
+        (("compress", str(tiny_cnn), *common, "--device", "gpu", "-o", "s.pt"), "invalid_spec (device)"),
+    ]
+    for args, expected in cases:
+        result = kegnet(*args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert expected in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+    assert tiny_cnn.read_bytes() == original
+    assert not (tmp_path / "out").exists() and not (tmp_path / "s.pt").exists()

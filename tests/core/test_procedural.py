@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kegnet_core import stages
 from kegnet_core.errors import SpecError
 from kegnet_core.generators import standardise_images
 from kegnet_core.procedural import dead_leaves, oscillations, pink_noise, pink_signals, steps
 from kegnet_core.sources import ProceduralSource, resolve_prior
-from kegnet_core.spec import CompressionSpec, Prior
+from kegnet_core.spec import CompressionSpec, Prior, parse_spec
+from tests.core.models import TinyCNN, torchscript_bytes
 
 
 @pytest.mark.parametrize("draw", [dead_leaves, pink_noise])
@@ -158,3 +160,33 @@ def test_the_procedural_source_draws_signals_for_a_signal_shape():
     with pytest.raises(SpecError) as caught:
         CompressionSpec(input_shape=(2, 64), prior="strokes")
     assert caught.value.field == "prior"
+
+
+def test_a_recipe_that_synthesises_nothing_gives_a_batchnorm_image_teacher_procedural_inputs(tmp_path):
+    # The paper preset makes no synthesised inputs: `auto` used to pick synthesis for a
+    # BatchNorm teacher all the same, and the run died building a source from nothing.
+    assert resolve_prior(Prior.AUTO, 3, (3, 32, 32), synthesises=False) is Prior.PROCEDURAL
+    path = tmp_path / "bn.pt"
+    path.write_bytes(torchscript_bytes(TinyCNN(), (1, 8, 8)))
+    paper = parse_spec({"input_shape": [1, 8, 8], "preset": "paper"})
+    validated = stages.validate(path, paper, device=torch.device("cpu"))
+    assert validated.batch_norms > 0 and validated.prior is Prior.PROCEDURAL
+    default = parse_spec({"input_shape": [1, 8, 8]})
+    assert stages.validate(path, default, device=torch.device("cpu")).prior is Prior.SYNTHESIS
+
+
+def test_naming_synthesis_where_the_recipe_synthesises_nothing_is_refused_naming_prior():
+    with pytest.raises(SpecError) as caught:
+        parse_spec({"input_shape": [1, 8, 8], "preset": "paper", "prior": "synthesis"})
+    assert caught.value.field == "prior" and "synthesis.samples" in str(caught.value)
+    with pytest.raises(SpecError) as caught:
+        parse_spec({"input_shape": [1, 8, 8], "prior": "synthesis", "overrides": {"synthesis.samples": 0}})
+    assert caught.value.field == "prior"
+    parse_spec(
+        {
+            "input_shape": [1, 8, 8],
+            "preset": "paper",
+            "prior": "synthesis",
+            "overrides": {"synthesis.samples": 64},
+        }
+    )

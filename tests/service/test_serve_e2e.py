@@ -118,6 +118,23 @@ def test_the_client_commands(server: Server, teacher_file: Path, tmp_path: Path)
     server.kegnet("download", job_id, "--what", "samples", "-o", str(samples))
     assert samples.read_bytes().startswith(b"\x89PNG")
 
+    int8 = tmp_path / "tiny_int8.pt"
+    quantized = server.kegnet(
+        "submit",
+        str(teacher_file),
+        "--input-shape",
+        "1,8,8",
+        "--preset",
+        "quick",
+        "--task",
+        "quantize",
+        "--wait",
+        "-o",
+        str(int8),
+    )
+    assert "int8 model" in quantized.stdout
+    assert torch.jit.load(str(int8))(torch.randn(1, 1, 8, 8)).shape == (1, 3)
+
     queued = server.kegnet(
         "submit", str(teacher_file), "--input-shape", "1,8,8", "--preset", "quick"
     ).stdout.strip()
