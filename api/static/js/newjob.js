@@ -13,7 +13,7 @@ const HELP = {
   prior: "Samples the student learns from. auto: the recipe's choice (inputs synthesised against your model). Or: synthesis, KegNet generators (with random pen strokes for images), the paper's baselines, strokes alone, or none (Tucker only).",
   layers: "Module paths to factorise, comma-separated (conv3, layers3.0.conv1). Empty: every layer that gets smaller, except the first and the output layer.",
   ranks: "auto (the model 2x smaller), evbmf (chosen from the weights), a keep fraction like 0.5, or explicit ranks: conv3=11:7, fc1=32:64",
-  target_ratio: "Optional: choose ranks so the whole model shrinks at least this much.",
+  target_ratio: "Optional: choose ranks so the whole model shrinks at least this much (leave ranks at auto).",
   quantize: "int8: also an int8 student (a 3-4x smaller file, faster on x86 CPUs), as TorchScript and as ONNX, calibrated on the job's generated samples. The float student is always there, with an ONNX copy.",
   seed: "Makes CPU runs repeatable.",
   budget_s: "Optional: the job's time on its worker, e.g. 90s, 15m or 1h30m. The recipe's steps are scaled to end within it, from a short measured warm-up. Empty: the preset as it is.",
