@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -141,6 +142,7 @@ async def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     """Stream the model to the store, record the job, and queue it (202 + Location)."""
+    idempotency_key = idempotency_key or None  # an empty header is no key (it was stored as one)
     if idempotency_key:
         existing = await run_in_threadpool(_find_idempotent, services, owner, idempotency_key)
         if existing is not None:
@@ -190,8 +192,14 @@ def _job_response(job: Job, status: int) -> Response:
     return JSONResponse(body, status_code=status, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
+def _plausible(job_id: str) -> str:
+    """``job_id`` where it could name a job (printable ASCII, at most 64 characters), else "":
+    a NUL in a path made Postgres refuse the query, and the answer was a 503 "try again"."""
+    return job_id if len(job_id) <= 64 and job_id.isascii() and job_id.isprintable() else ""
+
+
 def _owned_job(session: SessionDep, job_id: str, owner: str) -> Job:
-    job = jobs.get_job(session, job_id=job_id, owner=owner)
+    job = jobs.get_job(session, job_id=_plausible(job_id), owner=owner) if _plausible(job_id) else None
     if job is None:
         raise JobNotFound(f"no job {job_id!r}")
     return job
@@ -234,7 +242,7 @@ def _poll(services: Services, key: str | None, job_id: str) -> Response:
         if key is None:
             job = _owned_job(session, job_id, authenticate(session, key))
         else:
-            owner, found = owner_and_job(session, key, job_id)
+            owner, found = owner_and_job(session, key, _plausible(job_id))
             if owner is None:
                 raise ApiError(401, "unauthorized", "the API key is not valid")
             if found is None:
@@ -285,8 +293,15 @@ def _artifact(
     url = services.store.presigned_url(key, download) if services.settings.presign_downloads else None
     if url is not None:
         return RedirectResponse(url, status_code=307)
-    headers = {"Content-Disposition": f'attachment; filename="{download}"'} if artifact.attachment else {}
+    headers = {"Content-Disposition": _attachment(download)} if artifact.attachment else {}
     return _stream(services, key, artifact.media_type, headers)
+
+
+def _attachment(name: str) -> str:
+    """A Content-Disposition for any uploaded file's name: an ASCII fallback, and the name itself
+    percent-encoded as UTF-8 (RFC 6266); headers are latin-1, and a Cyrillic name was a 500."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def _stream(services: Services, key: str, media_type: str, headers: dict[str, str]) -> Response:

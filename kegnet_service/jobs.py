@@ -130,13 +130,14 @@ def list_jobs(
 def request_cancel(session: Session, *, job: Job) -> Job:
     """Cancel a queued job now; ask a running one to stop at its next step."""
     stamp = now()
-    if job.status == "queued":
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status == "queued")
-            .values(status="cancelled", cancel_requested=True, finished_at=stamp, updated_at=stamp)
-        )
-    elif job.status == "running":
+    # Tried in this order whatever ``job.status`` said when it was read: a worker may claim the
+    # job in between, and then the cancel must reach the running job, not be lost.
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == "queued")
+        .values(status="cancelled", cancel_requested=True, finished_at=stamp, updated_at=stamp)
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
         session.execute(
             update(Job)
             .where(Job.id == job.id, Job.status == "running")
@@ -172,6 +173,12 @@ def claim_job(session: Session, *, job_id: str, worker: str, max_attempts: int) 
     )
     session.flush()
     if result.rowcount != 1:  # type: ignore[attr-defined]
+        # Queued with a cancel asked (its worker died after the cancel): end it here.
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(True))
+            .values(status="cancelled", finished_at=stamp, updated_at=stamp)
+        )
         return None
     job = session.get(Job, job_id)
     assert job is not None
@@ -195,6 +202,7 @@ def record_progress(
     stage: str,
     progress: float,
     metrics: dict[str, Any] | None = None,
+    worker: str | None = None,
 ) -> bool:
     """Update a running job's stage, progress and heartbeat; return whether cancel was asked."""
     stamp = now()
@@ -206,15 +214,22 @@ def record_progress(
     }
     if metrics is not None:
         values["metrics"] = metrics
-    session.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(**values))
+    session.execute(update(Job).where(*_held(job_id, worker)).values(**values))
     cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
     return bool(cancel)
 
 
-def beat(session: Session, *, job_id: str) -> bool:
+def _held(job_id: str, worker: str | None) -> tuple[Any, ...]:
+    """Conditions for a running job's row, held by ``worker`` where one is named: a worker whose
+    job was re-queued and claimed by another must not write over that one's run."""
+    conditions = (Job.id == job_id, Job.status == "running")
+    return (*conditions, Job.worker == worker) if worker is not None else conditions
+
+
+def beat(session: Session, *, job_id: str, worker: str | None = None) -> bool:
     """Touch a running job's heartbeat; return whether a cancel was asked."""
     stamp = now()
-    session.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(heartbeat_at=stamp))
+    session.execute(update(Job).where(*_held(job_id, worker)).values(heartbeat_at=stamp))
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
@@ -227,8 +242,10 @@ def finish_job(
     artifacts: list[str] | None = None,
     error_code: str | None = None,
     error_message: str | None = None,
+    worker: str | None = None,
 ) -> bool:
-    """Move a running job to a terminal status; False if it was not running."""
+    """Move a running job to a terminal status; False if it was not running (or, with
+    ``worker``, not running under that worker)."""
     assert status in TERMINAL_STATUSES
     stamp = now()
     values: dict[str, Any] = {
@@ -240,16 +257,26 @@ def finish_job(
     }
     if status == "succeeded":
         values.update(progress=1.0, report=report, artifacts=artifacts)
-    result = session.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(**values))
+    result = session.execute(update(Job).where(*_held(job_id, worker)).values(**values))
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def requeue_job(session: Session, *, job_id: str) -> bool:
-    """Put a running job back in the queue (its worker died); False if it was not running."""
+def requeue_job(session: Session, *, job_id: str, worker: str | None = None) -> bool:
+    """Put a running job back in the queue (its worker died); False if it was not running.
+
+    A job whose cancel was asked is cancelled instead (and False returned): queued with the
+    cancel flag set, no worker would ever claim it."""
     stamp = now()
+    cancelled = session.execute(
+        update(Job)
+        .where(*_held(job_id, worker), Job.cancel_requested.is_(True))
+        .values(status="cancelled", worker=None, heartbeat_at=None, finished_at=stamp, updated_at=stamp)
+    )
+    if cancelled.rowcount == 1:  # type: ignore[attr-defined]
+        return False
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "running")
+        .where(*_held(job_id, worker))
         .values(status="queued", stage=None, worker=None, heartbeat_at=None, updated_at=stamp)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]

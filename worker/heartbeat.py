@@ -20,9 +20,10 @@ log = logging.getLogger("kegnet.worker")
 
 
 class Heartbeat:
-    def __init__(self, database_url: str, job_id: str, interval_s: float) -> None:
+    def __init__(self, database_url: str, job_id: str, interval_s: float, worker: str | None = None) -> None:
         self.database_url = database_url
         self.job_id = job_id
+        self.worker = worker
         self.interval_s = interval_s
         self.cancelled = threading.Event()
         self._stop = threading.Event()
@@ -32,7 +33,7 @@ class Heartbeat:
         while not self._stop.wait(self.interval_s):
             try:
                 with session_scope(self.database_url) as session:
-                    if jobs.beat(session, job_id=self.job_id):
+                    if jobs.beat(session, job_id=self.job_id, worker=self.worker):
                         self.cancelled.set()
             except Exception:  # the database may be briefly away; the next beat retries
                 log.warning("heartbeat for job %s failed", self.job_id, exc_info=True)

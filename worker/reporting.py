@@ -42,8 +42,10 @@ class JobReporter:
         cancelled: threading.Event | None = None,
         save_preview: Callable[[bytes], None] | None = None,
         preview_interval_s: float = 5.0,
+        worker: str | None = None,
     ) -> None:
         self.database_url = database_url
+        self.worker = worker  # progress is written only while this worker holds the job
         self.job_id = job_id
         self.task = task
         self.clock = clock
@@ -107,6 +109,7 @@ class JobReporter:
                     stage=event.stage,
                     progress=jobs.overall_progress(self.task, event.stage, fraction),
                     metrics=metrics,
+                    worker=self.worker,
                 )
         except Exception as exc:
             if not is_transient(exc):

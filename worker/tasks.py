@@ -115,20 +115,36 @@ class CheckpointMirror:
             log.warning("could not delete the checkpoints of job %s", self.job_id)
 
 
-def _finish(settings: Settings, job_id: str, **values: Any) -> None:
-    def write() -> None:
+def _finish(settings: Settings, job_id: str, worker: str, **values: Any) -> bool:
+    """End the job as ``values`` say; False where ``worker`` no longer holds it (it was re-queued
+    and another worker took it), and then this worker must leave its stored files alone."""
+
+    def write() -> bool:
         with session_scope(settings.resolved_database_url) as session:
-            jobs.finish_job(session, job_id=job_id, **values)
+            return jobs.finish_job(session, job_id=job_id, worker=worker, **values)
 
-    with_retries(write, what=f"recording the end of job {job_id}")
+    held: bool = with_retries(write, what=f"recording the end of job {job_id}")
+    if not held:
+        log.warning("job %s is no longer this worker's (%s); its end is not recorded here", job_id, worker)
+    return held
 
 
-def _requeue(settings: Settings, job_id: str) -> None:
+def _cleanup(store: Any, *prefixes: str) -> None:
+    """Delete stored files at the end of a job, as far as the store lets us (the job's state is
+    already recorded: a store outage here must not leave it running)."""
+    for prefix in prefixes:
+        try:
+            store.delete_prefix(prefix)
+        except StoreError:
+            log.warning("could not delete %s; it stays until the job is deleted", prefix)
+
+
+def _requeue(settings: Settings, job_id: str, worker: str) -> None:
     """Hand the job back (its attempt counts) for the reaper to send again once the outage passes."""
 
     def write() -> None:
         with session_scope(settings.resolved_database_url) as session:
-            jobs.requeue_job(session, job_id=job_id)
+            jobs.requeue_job(session, job_id=job_id, worker=worker)
 
     with_retries(write, what=f"re-queueing job {job_id}")
 
@@ -142,12 +158,11 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
     from kegnet_core.spec import parse_spec
 
     settings = settings or get_settings()
+    me = worker or worker_name()
 
     def claim() -> dict[str, Any] | None:
         with session_scope(settings.resolved_database_url) as session:
-            job = jobs.claim_job(
-                session, job_id=job_id, worker=worker or worker_name(), max_attempts=settings.max_attempts
-            )
+            job = jobs.claim_job(session, job_id=job_id, worker=me, max_attempts=settings.max_attempts)
             return dict(job.spec) if job is not None else None
 
     # If the database stays away past the retries the message is dropped and the row stays
@@ -162,17 +177,21 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
     try:
         spec = parse_spec(spec_data)
         teacher = work / "teacher.pt"
-        try:
-            with_retries(
-                lambda: store.get_file(jobs.model_key(job_id), teacher), what=f"fetching job {job_id}"
-            )
-        except StoreError as exc:
-            if not is_transient(exc):
-                raise
-            log.warning("the store stayed unreachable; job %s goes back to the queue", job_id)
-            _requeue(settings, job_id)
-            return "requeued"
-        with Heartbeat(settings.resolved_database_url, job_id, settings.heartbeat_interval_s) as heartbeat:
+        # The heartbeat starts before the teacher is fetched: a slow download must not look like
+        # a dead worker and have the job run twice.
+        with Heartbeat(
+            settings.resolved_database_url, job_id, settings.heartbeat_interval_s, me
+        ) as heartbeat:
+            try:
+                with_retries(
+                    lambda: store.get_file(jobs.model_key(job_id), teacher), what=f"fetching job {job_id}"
+                )
+            except StoreError as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("the store stayed unreachable; job %s goes back to the queue", job_id)
+                _requeue(settings, job_id, me)
+                return "requeued"
             reporter = JobReporter(
                 database_url=settings.resolved_database_url,
                 job_id=job_id,
@@ -181,6 +200,7 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
                 interval_s=min(settings.heartbeat_interval_s, 2.0),
                 cancelled=heartbeat.cancelled,
                 save_preview=lambda png: _save_preview(store, job_id, png, work),
+                worker=me,
             )
             out_dir = work / "out"
             mirror = CheckpointMirror(store, job_id, work / "checkpoint", settings.checkpoint_upload_s)
@@ -225,33 +245,39 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
                 what=f"storing job {job_id}'s results",
                 attempts=9,
             )
-        _finish(
-            settings, job_id, status="succeeded", report=report.model_dump(mode="json"), artifacts=artifacts
-        )
-        outcome = "succeeded"
-        store.delete_prefix(jobs.checkpoint_prefix(job_id))
+        if _finish(
+            settings,
+            job_id,
+            me,
+            status="succeeded",
+            report=report.model_dump(mode="json"),
+            artifacts=artifacts,
+        ):
+            outcome = "succeeded"
+            _cleanup(store, jobs.checkpoint_prefix(job_id))
+        else:
+            outcome = "skipped"
     except Cancelled:
-        store.delete_prefix(f"jobs/{job_id}/out")
-        store.delete_prefix(jobs.checkpoint_prefix(job_id))
-        _finish(settings, job_id, status="cancelled")
+        if _finish(settings, job_id, me, status="cancelled"):
+            _cleanup(store, f"jobs/{job_id}/out", jobs.checkpoint_prefix(job_id))
         outcome = "cancelled"
     except KegnetError as exc:  # the model's or the spec's fault, or the job's time limit
         message = f"{exc.field}: {exc.message}" if exc.field else exc.message
-        store.delete_prefix(f"jobs/{job_id}/out")
-        _finish(settings, job_id, status="failed", error_code=exc.code, error_message=message)
-        store.delete_prefix(jobs.checkpoint_prefix(job_id))
+        if _finish(settings, job_id, me, status="failed", error_code=exc.code, error_message=message):
+            _cleanup(store, f"jobs/{job_id}/out", jobs.checkpoint_prefix(job_id))
     except StoreError as exc:
-        _finish(settings, job_id, status="failed", error_code="store_error", error_message=str(exc))
+        _finish(settings, job_id, me, status="failed", error_code="store_error", error_message=str(exc))
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        store.delete_prefix(f"jobs/{job_id}/out")
-        _finish(
+        if _finish(
             settings,
             job_id,
+            me,
             status="failed",
             error_code="internal_error",
             error_message=f"{type(exc).__name__}: {exc}",
-        )
+        ):
+            _cleanup(store, f"jobs/{job_id}/out")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return outcome

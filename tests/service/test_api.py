@@ -224,7 +224,7 @@ def test_a_job_runs_and_its_artifacts_download(client, settings, tiny_model_byte
 
     model = client.get(f"/v1/jobs/{job_id}/model", headers=auth())
     assert model.status_code == 200
-    assert model.headers["content-disposition"] == 'attachment; filename="tiny-student.pt"'
+    assert model.headers["content-disposition"].startswith('attachment; filename="tiny-student.pt"')
     path = tmp_path / "student.pt"
     path.write_bytes(model.content)
     student = torch.jit.load(str(path))
@@ -536,3 +536,92 @@ def test_a_signal_classifier_is_compressed_through_the_service(client, settings,
     path = tmp_path / "student.pt"
     path.write_bytes(client.get(f"/v1/jobs/{job_id}/model", headers=auth()).content)
     assert torch.jit.load(str(path))(torch.randn(4, 2, 32)).shape == (4, 3)
+
+
+def _claim(settings, job_id: str, worker: str):
+    with session_scope(settings.resolved_database_url) as session:
+        return jobs.claim_job(session, job_id=job_id, worker=worker, max_attempts=settings.max_attempts)
+
+
+def test_a_worker_that_lost_its_job_cannot_write_over_the_worker_that_holds_it(
+    client, settings, tiny_model_bytes
+):
+    job_id = submit(client, tiny_model_bytes).json()["id"]
+    assert _claim(settings, job_id, "w1") is not None
+    with session_scope(settings.resolved_database_url) as session:
+        assert jobs.requeue_job(session, job_id=job_id)  # w1 went silent; the reaper handed it back
+    assert _claim(settings, job_id, "w2") is not None
+    with session_scope(settings.resolved_database_url) as session:
+        jobs.record_progress(session, job_id=job_id, stage="distilling", progress=0.9, worker="w1")
+        assert not jobs.finish_job(session, job_id=job_id, status="failed", error_code="x", worker="w1")
+        assert not jobs.requeue_job(session, job_id=job_id, worker="w1")
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
+    assert job["status"] == "running" and job["stage"] == "validating"
+    with session_scope(settings.resolved_database_url) as session:
+        assert jobs.finish_job(session, job_id=job_id, status="cancelled", worker="w2")
+
+
+def test_a_cancel_asked_of_a_job_whose_worker_died_ends_it_instead_of_leaving_it_queued(
+    client, settings, tiny_model_bytes
+):
+    job_id = submit(client, tiny_model_bytes).json()["id"]
+    assert _claim(settings, job_id, "w1") is not None
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth()).json()["status"] == "running"
+    with session_scope(settings.resolved_database_url) as session:
+        assert not jobs.requeue_job(session, job_id=job_id)  # nothing to send again
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth()).json()["status"] == "cancelled"
+
+
+def test_a_queued_job_with_a_cancel_asked_is_cancelled_when_a_worker_comes_for_it(
+    client, settings, tiny_model_bytes
+):
+    from sqlalchemy import update
+
+    job_id = submit(client, tiny_model_bytes).json()["id"]
+    with session_scope(settings.resolved_database_url) as session:  # left so by an older release
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+    assert _claim(settings, job_id, "w1") is None
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth()).json()["status"] == "cancelled"
+
+
+def test_a_cancel_read_as_queued_reaches_the_job_a_worker_claimed_meanwhile(
+    client, settings, tiny_model_bytes
+):
+    job_id = submit(client, tiny_model_bytes).json()["id"]
+    with session_scope(settings.resolved_database_url) as session:
+        stale = jobs.get_job(session, job_id=job_id)
+        assert stale is not None and stale.status == "queued"
+        session.expunge(stale)
+    assert _claim(settings, job_id, "w1") is not None
+    with session_scope(settings.resolved_database_url) as session:
+        job = session.merge(stale, load=False)
+        job = jobs.request_cancel(session, job=job)
+        assert job.status == "running" and job.cancel_requested
+
+
+def test_an_empty_idempotency_key_is_no_key(client, settings, tiny_model_bytes):
+    first = submit(client, tiny_model_bytes, headers={"Idempotency-Key": ""})
+    second = submit(client, tiny_model_bytes, headers={"Idempotency-Key": ""})
+    assert first.status_code == second.status_code == 202
+    assert first.json()["id"] != second.json()["id"]
+
+
+def test_a_job_id_no_job_could_have_is_404_not_a_database_outage(client):
+    for path in ("/v1/jobs/a%00b", "/v1/jobs/a%00b/model", "/v1/jobs/" + "x" * 300):
+        assert client.get(path, headers=auth()).status_code == 404, path
+    assert client.post("/v1/jobs/a%00b/cancel", headers=auth()).status_code == 404
+
+
+def test_a_download_named_after_any_upload_has_a_header_latin_1_can_carry():
+    from fastapi import Response
+
+    from api.routes import _attachment
+
+    header = _attachment('модель "v2".pt-student.pt')
+    assert header.startswith('attachment; filename="')
+    assert "filename*=UTF-8''%D0%BC%D0%BE%D0%B4" in header
+    Response(headers={"Content-Disposition": header})  # a Cyrillic name raised here: a 500
+    assert (
+        _attachment("tiny-student.pt")
+        == "attachment; filename=\"tiny-student.pt\"; filename*=UTF-8''tiny-student.pt"
+    )

@@ -118,7 +118,8 @@ export async function fetchBlob(path) {
 
 function filenameOf(response) {
   const header = response.headers.get("content-disposition") || "";
-  const match = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(header);
+  // The UTF-8 name (RFC 6266) where the server sends one, else the ASCII fallback.
+  const match = /filename\*=UTF-8''([^;]+)/i.exec(header) || /filename="?([^";]+)"?/i.exec(header);
   return match ? decodeURIComponent(match[1]) : null;
 }
 
