@@ -199,7 +199,7 @@ def _plausible(job_id: str) -> str:
 
 
 def _owned_job(session: SessionDep, job_id: str, owner: str) -> Job:
-    job = jobs.get_job(session, job_id=_plausible(job_id), owner=owner) if _plausible(job_id) else None
+    job = jobs.get_job(session, job_id=job_id, owner=owner) if _plausible(job_id) else None
     if job is None:
         raise JobNotFound(f"no job {job_id!r}")
     return job

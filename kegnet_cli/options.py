@@ -158,9 +158,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["distill.steps=500"]`` -> ``{"distill.steps": 500}``; values are read as JSON where they parse."""
     overrides: dict[str, Any] = {}
     for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise argparse.ArgumentTypeError(f"--set takes SECTION.SETTING=VALUE, got {item!r}")
+        key, _, text = parse_override(item).partition("=")
         try:
             value = json.loads(text)
         except json.JSONDecodeError:

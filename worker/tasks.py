@@ -108,12 +108,6 @@ class CheckpointMirror:
             except StoreError:
                 log.warning("could not store a checkpoint of job %s; the next one will", self.job_id)
 
-    def drop(self) -> None:
-        try:
-            self.store.delete_prefix(self.prefix)
-        except StoreError:
-            log.warning("could not delete the checkpoints of job %s", self.job_id)
-
 
 def _finish(settings: Settings, job_id: str, worker: str, **values: Any) -> bool:
     """End the job as ``values`` say; False where ``worker`` no longer holds it (it was re-queued
@@ -129,7 +123,7 @@ def _finish(settings: Settings, job_id: str, worker: str, **values: Any) -> bool
     return held
 
 
-def _cleanup(store: Any, *prefixes: str) -> None:
+def _cleanup(store: LocalStore | S3Store, *prefixes: str) -> None:
     """Delete stored files at the end of a job, as far as the store lets us (the job's state is
     already recorded: a store outage here must not leave it running)."""
     for prefix in prefixes:
