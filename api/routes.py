@@ -153,7 +153,9 @@ async def create_job(
     try:
         spec = _parse_spec(upload.fields.get("spec"))
         _check_budget(spec, services.settings.job_time_limit_s)
-        _check_model(upload)
+        # Reading a big archive's records and code takes a while: not on the event loop, where
+        # it held up every other request (polls included) until it was done.
+        await run_in_threadpool(_check_model, upload)
         assert upload.path is not None
         job, created = await run_in_threadpool(
             lambda: submit_job(
@@ -287,7 +289,7 @@ def _artifact(
             else f"this job has no {artifact.name}"
         )
         raise ArtifactNotFound(what)
-    key = jobs.artifact_key(job.id, artifact.file)
+    key = jobs.artifact_key(job.id, artifact.file, job.output_prefix)
     stem = Path(job.model_name).stem
     download = f"{stem}-{artifact.file}" if artifact.attachment else artifact.file
     url = services.store.presigned_url(key, download) if services.settings.presign_downloads else None

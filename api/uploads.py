@@ -5,7 +5,10 @@ limit could only be checked after a huge file had been written.  Here the
 request body is fed chunk by chunk to python-multipart: the model part goes
 straight to a temporary file (constant memory), small text parts stay in
 memory, and the request is refused with 413 the moment the model passes the
-limit; the partial file is removed.
+limit; the partial file is removed.  Everything else a client sends is bounded
+too: each text field, all text fields together and the number of parts (the
+parser itself refuses a part with more than 8 headers or a header over 4 KiB),
+so a request of endless small fields cannot fill the API's memory.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from starlette.requests import Request
 from api.errors import ApiError
 
 TEXT_FIELD_LIMIT = 64 * 1024
+TEXT_TOTAL_LIMIT = 4 * TEXT_FIELD_LIMIT  # all text fields together
+MAX_PARTS = 16
+HEADER_LIMIT = 8 * 4224  # python-multipart's own bound on one part's headers
 FILE_FIELDS = ("model",)
 
 
@@ -50,10 +56,15 @@ class _Receiver:
         self.name = ""
         self.file: IO[bytes] | None = None
         self.text = bytearray()
+        self.text_total = 0
+        self.parts = 0
 
     # python-multipart callbacks -------------------------------------------
     def on_part_begin(self) -> None:
         self.headers, self.name, self.text = {}, "", bytearray()
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise ApiError(413, "too_many_fields", f"the form has more than {MAX_PARTS} parts")
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self.header_field += data[start:end]
@@ -93,10 +104,13 @@ class _Receiver:
             self.file.write(chunk)
         else:
             self.text += chunk
+            self.text_total += len(chunk)
             if len(self.text) > TEXT_FIELD_LIMIT:
                 raise ApiError(
                     413, "field_too_large", f"form field {self.name!r} is over 64 KiB", field=self.name
                 )
+            if self.text_total > TEXT_TOTAL_LIMIT:
+                raise ApiError(413, "fields_too_large", "the form's text fields are over 256 KiB together")
 
     def on_part_end(self) -> None:
         if self.file is not None:
@@ -122,7 +136,11 @@ async def receive_upload(request: Request, *, max_bytes: int, directory: Path) -
             "send multipart/form-data with a 'model' file and a 'spec' JSON field",
         )
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + TEXT_FIELD_LIMIT * 4:
+    if (
+        declared
+        and declared.isdigit()
+        and int(declared) > max_bytes + TEXT_TOTAL_LIMIT + MAX_PARTS * HEADER_LIMIT
+    ):
         raise ApiError(
             413,
             "upload_too_large",

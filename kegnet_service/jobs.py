@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from kegnet_service.models import Job
 from kegnet_service.states import TERMINAL_STATUSES
+from kegnet_service.storage import ModelStore
 
 # Where each stage sits in the job's overall progress (start, end).
 STAGE_SPANS = {
@@ -45,8 +46,22 @@ def model_key(job_id: str) -> str:
     return f"jobs/{job_id}/teacher.pt"
 
 
-def artifact_key(job_id: str, name: str) -> str:
-    return f"jobs/{job_id}/out/{name}"
+def outputs_prefix(job_id: str) -> str:
+    """Where every attempt of a job keeps its results."""
+    return f"jobs/{job_id}/out"
+
+
+def attempt_prefix(job_id: str, attempt: int) -> str:
+    """Where one attempt uploads its results: a worker that lost its job (it went silent, the
+    job was re-queued and claimed again) may still be uploading, and must not write over the
+    files of the attempt that holds the job now.  The job row names the one that succeeded."""
+    return f"{outputs_prefix(job_id)}/{attempt}"
+
+
+def artifact_key(job_id: str, name: str, prefix: str | None = None) -> str:
+    """The key of a succeeded job's result ``name`` under its ``output_prefix`` (jobs that
+    ended before attempts had their own prefixes have none: their results are in ``out``)."""
+    return f"{prefix or outputs_prefix(job_id)}/{name}"
 
 
 def checkpoint_prefix(job_id: str) -> str:
@@ -56,6 +71,21 @@ def checkpoint_prefix(job_id: str) -> str:
 
 def preview_key(job_id: str) -> str:
     return f"jobs/{job_id}/live/samples.png"
+
+
+def discard_files(store: ModelStore, *, job_id: str, keep: str | None = None) -> None:
+    """Delete what an ended job no longer needs: its checkpoints and every attempt's results
+    but those under ``keep`` (the prefix a succeeded job serves).  Raises ``StoreError``."""
+    store.delete_prefix(checkpoint_prefix(job_id))
+    outputs = outputs_prefix(job_id)
+    if keep is None:
+        store.delete_prefix(outputs)
+        return
+    folders = {key[len(outputs) + 1 :].split("/", 1)[0] for key in store.list_keys(outputs)}
+    for folder in sorted(folders):
+        # Attempts' folders are numbers; files of jobs from before them sit in ``out`` itself.
+        if folder.isdigit() and f"{outputs}/{folder}" != keep:
+            store.delete_prefix(f"{outputs}/{folder}")
 
 
 def overall_progress(task: str, stage: str, fraction: float) -> float:
@@ -189,7 +219,10 @@ def claim_job(session: Session, *, job_id: str, worker: str, max_attempts: int) 
             job_id=job_id,
             status="failed",
             error_code="too_many_attempts",
-            error_message=f"the job stopped its worker {max_attempts} times; giving up",
+            error_message=(
+                f"the job was handed back {max_attempts} times (its worker stopped, or the store"
+                " stayed unreachable); giving up"
+            ),
         )
         return None
     return job
@@ -243,9 +276,11 @@ def finish_job(
     error_code: str | None = None,
     error_message: str | None = None,
     worker: str | None = None,
+    output_prefix: str | None = None,
 ) -> bool:
     """Move a running job to a terminal status; False if it was not running (or, with
-    ``worker``, not running under that worker)."""
+    ``worker``, not running under that worker).  A succeeded job's ``artifacts`` are the
+    names of its results under ``output_prefix``."""
     assert status in TERMINAL_STATUSES
     stamp = now()
     values: dict[str, Any] = {
@@ -256,9 +291,19 @@ def finish_job(
         "error_message": error_message,
     }
     if status == "succeeded":
-        values.update(progress=1.0, report=report, artifacts=artifacts)
+        values.update(progress=1.0, report=report, artifacts=artifacts, output_prefix=output_prefix)
     result = session.execute(update(Job).where(*_held(job_id, worker)).values(**values))
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        return True
+    if worker is None:
+        return False
+    # Already ended so by this worker: a retry after a commit whose answer the connection lost.
+    row = session.execute(select(Job.status, Job.worker, Job.output_prefix).where(Job.id == job_id)).first()
+    return row is not None and tuple(row) == (
+        status,
+        worker,
+        output_prefix if status == "succeeded" else row.output_prefix,
+    )
 
 
 def requeue_job(session: Session, *, job_id: str, worker: str | None = None) -> bool:

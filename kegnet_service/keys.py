@@ -2,7 +2,8 @@
 
 A key is shown once, when it is made.  ``KEGNET_API_KEYS`` seeds keys at
 start-up for scripts and tests: ``owner:key`` pairs, or bare keys (each then
-its own owner), comma-separated.
+its own owner, named ``key-`` and the start of the key's hash: the key itself
+is never stored or logged as an owner), comma-separated.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hashlib
 import hmac
 import secrets
 
-from sqlalchemy import Select, and_, bindparam, select
+from sqlalchemy import Select, and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from kegnet_service.jobs import now
@@ -37,23 +38,37 @@ def create_key(session: Session, *, owner: str) -> str:
 
 
 def add_key(session: Session, *, owner: str, key: str) -> None:
-    """Store a given key (seeding); a key already stored is left as it is."""
+    """Store a given key (seeding); a key already stored keeps its owner, but for a bare key
+    stored by an earlier release with the key itself as its owner: that key, its jobs
+    included, moves to the owner ``owner`` names (the key is then nowhere in the tables)."""
     if len(key) < MIN_KEY_LENGTH:
         raise ValueError(f"API keys must be at least {MIN_KEY_LENGTH} characters")
     digest = hash_key(key)
-    if session.scalar(select(ApiKey.id).where(ApiKey.key_hash == digest)) is None:
+    stored = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
+    if stored is None:
         session.add(ApiKey(owner=owner, key_hash=digest, prefix=key[:8], created_at=now(), revoked=False))
-        session.flush()
+    elif stored.owner == key and owner != key:
+        session.execute(update(Job).where(Job.owner == key).values(owner=owner))
+        session.execute(update(ApiKey).where(ApiKey.owner == key).values(owner=owner))
+    session.flush()
+
+
+def bare_key_owner(key: str) -> str:
+    """The owner of a key seeded without one: named by its hash, so that job rows, listings
+    and logs, which carry owners, never carry the key."""
+    return "key-" + hash_key(key)[:12]
 
 
 def parse_seed(text: str) -> list[tuple[str, str]]:
-    """``"alice:k1,k2"`` -> ``[("alice", "k1"), ("k2", "k2")]``."""
+    """``"alice:k1,k2"`` -> ``[("alice", "k1"), (bare_key_owner("k2"), "k2")]``."""
     pairs = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
         owner, separator, key = item.partition(":")
-        pairs.append((owner, key) if separator else (item, item))
+        if separator and not owner.strip():
+            raise ValueError("KEGNET_API_KEYS: an 'owner:key' pair has no owner")
+        pairs.append((owner.strip(), key.strip()) if separator else (bare_key_owner(item), item))
     return pairs
 
 

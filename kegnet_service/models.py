@@ -6,7 +6,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Dialect, Float, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -45,12 +57,13 @@ class Job(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     model_name: Mapped[str] = mapped_column(String(255))
-    model_size: Mapped[int] = mapped_column(Integer)
+    model_size: Mapped[int] = mapped_column(BigInteger)  # bytes: uploads may pass 2 GiB
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     artifacts: Mapped[list[str] | None] = mapped_column(JSON)
+    output_prefix: Mapped[str | None] = mapped_column(String(128))  # the succeeded attempt's results
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(255))

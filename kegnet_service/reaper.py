@@ -24,6 +24,7 @@ from kegnet_service import jobs
 from kegnet_service.db import session_scope
 from kegnet_service.queue import send_job
 from kegnet_service.settings import Settings
+from kegnet_service.storage import open_store
 
 log = logging.getLogger("kegnet.reaper")
 ALIVE_FILE = "reaper.alive"
@@ -31,21 +32,24 @@ ALIVE_FILE = "reaper.alive"
 
 def reap_once(settings: Settings, celery: Celery) -> list[str]:
     """Re-queue stale running jobs and re-send long-queued ones; return their ids."""
-    requeued = []
+    requeued, given_up = [], []
     with session_scope(settings.resolved_database_url) as session:
         stale = jobs.stale_running_jobs(session, timeout_s=settings.heartbeat_timeout_s)
         for job in stale:
             if job.attempts >= settings.max_attempts:
-                jobs.finish_job(
+                if jobs.finish_job(
                     session,
                     job_id=job.id,
                     status="failed",
                     error_code="worker_lost",
                     error_message=f"the job's worker stopped {job.attempts} times; giving up",
-                )
+                ):
+                    given_up.append(job.id)
             elif jobs.requeue_job(session, job_id=job.id):
                 requeued.append(job.id)
         lost = jobs.stale_queued_jobs(session, older_than_s=settings.queued_resend_s)
+    for job_id in given_up:
+        _discard(settings, job_id)
     for job_id in lost:
         log.warning(
             "sending queued job %s again: no worker took it for %.0f s", job_id, settings.queued_resend_s
@@ -61,6 +65,21 @@ def reap_once(settings: Settings, celery: Celery) -> list[str]:
                 jobs.mark_stale(session, job_id=job_id)
             raise
     return requeued + lost
+
+
+def _discard(settings: Settings, job_id: str) -> None:
+    """Delete the checkpoints and partial results of a job given up on, as far as the store
+    lets us (its workers died; none of them will)."""
+    try:
+        store = open_store(
+            settings.resolved_storage_url,
+            endpoint_url=settings.s3_endpoint_url,
+            public_endpoint_url=settings.s3_public_endpoint_url,
+            region=settings.s3_region,
+        )
+        jobs.discard_files(store, job_id=job_id)
+    except Exception:
+        log.warning("could not delete the files of job %s, given up on", job_id, exc_info=True)
 
 
 def run_forever(settings: Settings, celery: Celery, stop: threading.Event | None = None) -> None:

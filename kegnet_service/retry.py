@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from kegnet_service.storage import ObjectMissing, StoreError
+from kegnet_service.storage import ObjectMissing, StoreError, StoreRefused
 
 log = logging.getLogger("kegnet.retry")
 
@@ -18,8 +18,8 @@ T = TypeVar("T")
 
 def is_transient(error: BaseException) -> bool:
     """An outage that may pass: a lost or refused database connection, an unreachable store.
-    A missing object, a constraint violation or a bug is not."""
-    if isinstance(error, ObjectMissing):
+    A missing object, a store's refusal, a constraint violation or a bug is not."""
+    if isinstance(error, ObjectMissing | StoreRefused):
         return False
     if isinstance(error, StoreError | OperationalError):
         return True

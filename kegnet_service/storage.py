@@ -26,6 +26,25 @@ class ObjectMissing(StoreError):
     """No object has that key."""
 
 
+class StoreRefused(StoreError):
+    """The store answered and refused (denied access, no such bucket, a bad request): trying
+    again will not help, unlike an outage."""
+
+
+# S3 errors with a 4xx status that still mean "try again later".
+TRANSIENT_S3_CODES = frozenset(
+    {
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequests",
+        "RequestLimitExceeded",
+    }
+)
+
+
 def check_key(key: str) -> str:
     """Refuse keys that could escape the store's root."""
     path = PurePosixPath(key)
@@ -165,6 +184,9 @@ class S3Store:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchKey", "NotFound"):
                 raise ObjectMissing(kwargs.get("Key", "")) from exc
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            if 400 <= status < 500 and status not in (408, 429) and code not in TRANSIENT_S3_CODES:
+                raise StoreRefused(f"S3 {method} was refused: {exc}") from exc
             raise StoreError(f"S3 {method} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise StoreError(f"S3 {method} failed: {exc}") from exc

@@ -49,11 +49,11 @@ def _store(settings: Settings) -> LocalStore | S3Store:
     )
 
 
-def _upload_outputs(store: LocalStore | S3Store, job_id: str, out_dir: Path) -> list[str]:
+def _upload_outputs(store: LocalStore | S3Store, job_id: str, prefix: str, out_dir: Path) -> list[str]:
     uploaded = []
     for path in sorted(out_dir.iterdir()):
         if path.is_file() and not path.name.startswith("."):
-            store.put_file(jobs.artifact_key(job_id, path.name), path)
+            store.put_file(jobs.artifact_key(job_id, path.name, prefix), path)
             uploaded.append(path.name)
     return uploaded
 
@@ -73,7 +73,7 @@ class CheckpointMirror:
 
     ``fetch`` brings the last attempt's files down before the run; ``push``
     (after progress events, at most every ``interval_s``) uploads files that
-    changed; ``drop`` removes them once the job has ended.
+    changed.  The worker deletes them once the job has ended (``_cleanup``).
     """
 
     def __init__(self, store: LocalStore | S3Store, job_id: str, folder: Path, interval_s: float) -> None:
@@ -123,24 +123,49 @@ def _finish(settings: Settings, job_id: str, worker: str, **values: Any) -> bool
     return held
 
 
-def _cleanup(store: LocalStore | S3Store, *prefixes: str) -> None:
-    """Delete stored files at the end of a job, as far as the store lets us (the job's state is
-    already recorded: a store outage here must not leave it running)."""
-    for prefix in prefixes:
-        try:
-            store.delete_prefix(prefix)
-        except StoreError:
-            log.warning("could not delete %s; it stays until the job is deleted", prefix)
+def _cleanup(store: LocalStore | S3Store, job_id: str, keep: str | None = None) -> None:
+    """Delete an ended job's checkpoints and results but ``keep``, as far as the store lets us
+    (the job's state is already recorded: a store outage here must not leave it running)."""
+    try:
+        jobs.discard_files(store, job_id=job_id, keep=keep)
+    except StoreError:
+        log.warning("could not delete job %s's leftover files; they stay until the job is deleted", job_id)
 
 
-def _requeue(settings: Settings, job_id: str, worker: str) -> None:
-    """Hand the job back (its attempt counts) for the reaper to send again once the outage passes."""
+def _drop(store: LocalStore | S3Store, prefix: str) -> None:
+    """Delete this attempt's results where they are nobody's (the job is not this worker's)."""
+    try:
+        store.delete_prefix(prefix)
+    except StoreError:
+        log.warning("could not delete %s", prefix)
 
-    def write() -> None:
+
+def _requeue(settings: Settings, job_id: str, worker: str) -> bool:
+    """Hand the job back (its attempt counts) for the reaper to send again once the outage
+    passes; False where it was not this worker's to hand back, or was cancelled instead."""
+
+    def write() -> bool:
         with session_scope(settings.resolved_database_url) as session:
-            jobs.requeue_job(session, job_id=job_id, worker=worker)
+            return jobs.requeue_job(session, job_id=job_id, worker=worker)
 
-    with_retries(write, what=f"re-queueing job {job_id}")
+    queued: bool = with_retries(write, what=f"re-queueing job {job_id}")
+    return queued
+
+
+def _let_go(settings: Settings, store: LocalStore | S3Store, job_id: str, results: str) -> None:
+    """After a hand-back that did not happen: the job was cancelled instead (all its files go)
+    or is another worker's (only this attempt's results go)."""
+    if _ended(settings, job_id):
+        _cleanup(store, job_id)
+    else:
+        _drop(store, results)
+
+
+def _ended(settings: Settings, job_id: str) -> bool:
+    """Whether the job has failed or been cancelled (nothing of it is needed any more)."""
+    with session_scope(settings.resolved_database_url) as session:
+        job = jobs.get_job(session, job_id=job_id)
+        return job is not None and job.status in ("failed", "cancelled")
 
 
 def execute_job(job_id: str, settings: Settings | None = None, worker: str | None = None) -> str:
@@ -154,18 +179,22 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
     settings = settings or get_settings()
     me = worker or worker_name()
 
-    def claim() -> dict[str, Any] | None:
+    def claim() -> tuple[dict[str, Any], int] | None:
         with session_scope(settings.resolved_database_url) as session:
             job = jobs.claim_job(session, job_id=job_id, worker=me, max_attempts=settings.max_attempts)
-            return dict(job.spec) if job is not None else None
+            return (dict(job.spec), job.attempts) if job is not None else None
 
     # If the database stays away past the retries the message is dropped and the row stays
     # queued: the reaper sends it again later (kegnet_service.reaper).
-    spec_data = with_retries(claim, what=f"claiming job {job_id}")
-    if spec_data is None:
-        log.info("job %s is not queued; skipping", job_id)
-        return "skipped"
+    claimed = with_retries(claim, what=f"claiming job {job_id}")
     store = _store(settings)
+    if claimed is None:
+        log.info("job %s is not queued; skipping", job_id)
+        if _ended(settings, job_id):  # given up at this claim (too many attempts), or cancelled
+            _cleanup(store, job_id)
+        return "skipped"
+    spec_data, attempt = claimed
+    results = jobs.attempt_prefix(job_id, attempt)
     work = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=_work_dir(settings)))
     outcome = "failed"
     try:
@@ -184,8 +213,10 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
                 if not is_transient(exc):
                     raise
                 log.warning("the store stayed unreachable; job %s goes back to the queue", job_id)
-                _requeue(settings, job_id, me)
-                return "requeued"
+                if _requeue(settings, job_id, me):
+                    return "requeued"
+                _let_go(settings, store, job_id, results)
+                return "skipped"
             reporter = JobReporter(
                 database_url=settings.resolved_database_url,
                 job_id=job_id,
@@ -235,7 +266,7 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
             extras = [*written.samples, *([written.latent_walk] if written.latent_walk else [])]
             bundle_generators(Layout(out_dir), written.generators, extras)
             artifacts = with_retries(
-                lambda: _upload_outputs(store, job_id, out_dir),
+                lambda: _upload_outputs(store, job_id, results, out_dir),
                 what=f"storing job {job_id}'s results",
                 attempts=9,
             )
@@ -246,21 +277,33 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
             status="succeeded",
             report=report.model_dump(mode="json"),
             artifacts=artifacts,
+            output_prefix=results,
         ):
             outcome = "succeeded"
-            _cleanup(store, jobs.checkpoint_prefix(job_id))
+            _cleanup(store, job_id, keep=results)
         else:
             outcome = "skipped"
+            _drop(store, results)  # nobody's results: the job is another worker's now
     except Cancelled:
         if _finish(settings, job_id, me, status="cancelled"):
-            _cleanup(store, f"jobs/{job_id}/out", jobs.checkpoint_prefix(job_id))
+            _cleanup(store, job_id)
         outcome = "cancelled"
     except KegnetError as exc:  # the model's or the spec's fault, or the job's time limit
         message = f"{exc.field}: {exc.message}" if exc.field else exc.message
         if _finish(settings, job_id, me, status="failed", error_code=exc.code, error_message=message):
-            _cleanup(store, f"jobs/{job_id}/out", jobs.checkpoint_prefix(job_id))
+            _cleanup(store, job_id)
     except StoreError as exc:
-        _finish(settings, job_id, me, status="failed", error_code="store_error", error_message=str(exc))
+        if is_transient(exc):
+            # The store stayed away past the retries (most likely while uploading the results):
+            # the job goes back to the queue, as when the teacher could not be fetched, and its
+            # next attempt resumes from the checkpoints; the attempts limit ends an outage that
+            # never passes.
+            log.warning("the store stayed unreachable; job %s goes back to the queue", job_id)
+            outcome = "requeued" if _requeue(settings, job_id, me) else "skipped"
+            if outcome == "skipped":
+                _let_go(settings, store, job_id, results)
+        else:
+            _finish(settings, job_id, me, status="failed", error_code="store_error", error_message=str(exc))
     except Exception as exc:
         log.exception("job %s failed", job_id)
         if _finish(
@@ -271,7 +314,7 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
             error_code="internal_error",
             error_message=f"{type(exc).__name__}: {exc}",
         ):
-            _cleanup(store, f"jobs/{job_id}/out")
+            _cleanup(store, job_id)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return outcome

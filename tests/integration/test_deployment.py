@@ -122,6 +122,35 @@ def test_migrations_upgrade_downgrade_upgrade_on_postgres(postgres_admin: str):
         drop_database(postgres_admin, url)
 
 
+def test_jobs_of_the_first_schema_survive_the_upgrade_and_sizes_pass_2_gib(postgres_admin: str):
+    from kegnet_service import jobs
+    from kegnet_service.db import session_scope
+
+    url = create_database(postgres_admin)
+    try:
+        migrations.upgrade(url, "0001")
+        with psycopg.connect(url) as connection:
+            connection.execute(
+                "INSERT INTO jobs (id, owner, status, spec, model_name, model_size, artifacts,"
+                " created_at, updated_at) VALUES ('old', 'alice', 'succeeded', '{}', 'm.pt', 123,"
+                " '[\"student.pt\"]', now(), now())"
+            )
+        migrations.upgrade(url)
+        with session_scope(url) as session:
+            old = jobs.get_job(session, job_id="old")
+            assert old is not None and old.model_size == 123 and old.artifacts == ["student.pt"]
+            # Its results stay where that release put them.
+            assert jobs.artifact_key(old.id, "student.pt", old.output_prefix) == "jobs/old/out/student.pt"
+            jobs.create_job(
+                session, job_id="big", owner="alice", spec={}, model_name="big.pt", model_size=3 * 2**30
+            )
+        with session_scope(url) as session:
+            big = jobs.get_job(session, job_id="big")
+            assert big is not None and big.model_size == 3 * 2**30  # an INTEGER column refused it
+    finally:
+        drop_database(postgres_admin, url)
+
+
 def test_the_schema_matches_the_models(postgres_admin: str):
     """Autogenerate finds nothing to change: models and migrations agree."""
     from alembic.autogenerate import compare_metadata

@@ -150,6 +150,55 @@ def test_upload_over_the_limit_is_413_and_leaves_nothing(tmp_path, tiny_model_by
     assert list((limited.home / "tmp").iterdir()) == []
 
 
+def _multipart(parts: list[tuple[bytes, bytes]]) -> tuple[bytes, dict[str, str]]:
+    """A hand-made multipart body of (headers, content) parts."""
+    boundary = b"kegnetboundary"
+    body = b"".join(
+        b"--" + boundary + b"\r\n" + head + b"\r\n\r\n" + content + b"\r\n" for head, content in parts
+    )
+    return body + b"--" + boundary + b"--\r\n", {
+        "Content-Type": "multipart/form-data; boundary=kegnetboundary"
+    }
+
+
+@pytest.mark.parametrize(
+    ("parts", "status", "code", "fine"),
+    [
+        (
+            [(b'Content-Disposition: form-data; name="f%d"' % i, b"x") for i in range(40)],
+            413,
+            "too_many_fields",
+            3,
+        ),
+        (
+            [(b'Content-Disposition: form-data; name="f%d"' % i, b"x" * 60_000) for i in range(6)],
+            413,
+            "fields_too_large",
+            3,
+        ),
+        (
+            [(b'Content-Disposition: form-data; name="spec"\r\nX-Pad: ' + b"p" * 20_000, b"{}")],
+            400,
+            "bad_multipart",
+            0,
+        ),
+    ],
+    ids=["many-fields", "many-large-fields", "endless-header"],
+)
+def test_what_a_form_may_carry_besides_the_model_is_bounded(
+    client, settings, tiny_model_bytes, parts, status, code, fine
+):
+    model = (b'Content-Disposition: form-data; name="model"; filename="m.pt"', tiny_model_bytes)
+    body, headers = _multipart([model, *parts])
+    response = client.post("/v1/jobs", content=body, headers={**auth(), **headers})
+    assert response.status_code == status and response.json()["error"]["code"] == code
+    assert _job_rows(settings) == [] and list((settings.home / "tmp").iterdir()) == []
+    # A form within the bounds is taken (the same kind of parts, fewer of them).
+    spec = (b'Content-Disposition: form-data; name="spec"', b'{"input_shape": [1, 8, 8], "preset": "quick"}')
+    body, headers = _multipart([model, spec, *parts[:fine]])
+    assert client.post("/v1/jobs", content=body, headers={**auth(), **headers}).status_code == 202
+
+
 def test_listing_is_newest_first_filtered_and_paginated(client, tiny_model_bytes):
     ids = [submit(client, tiny_model_bytes).json()["id"] for _ in range(3)]
     page = client.get("/v1/jobs", headers=auth(), params={"limit": 2}).json()
@@ -494,12 +543,21 @@ def test_a_job_that_keeps_killing_workers_fails_after_max_attempts(client, setti
             )
             assert claimed is not None and claimed.attempts == attempt
             claimed.heartbeat_at = jobs.now() - timedelta(hours=1)  # the worker died silently
+        # ... leaving a checkpoint and half its results behind
+        for key in (
+            f"{jobs.checkpoint_prefix(job_id)}/distill.pt",
+            f"{jobs.attempt_prefix(job_id, attempt)}/x.pt",
+        ):
+            (settings.home / "store" / key).parent.mkdir(parents=True, exist_ok=True)
+            (settings.home / "store" / key).write_bytes(b"partial")
         requeued = reap_once(settings, celery)
         expected = [job_id] if attempt < settings.max_attempts else []
         assert requeued == expected
     job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
     assert job["status"] == "failed" and job["error"]["code"] == "worker_lost"
     assert job["attempts"] == settings.max_attempts
+    # Given up on, it keeps only its upload: no worker of it is left to delete the rest.
+    assert [path.name for path in _stored_objects(settings)] == ["teacher.pt"]
 
 
 def test_a_queued_job_whose_message_was_lost_is_sent_again(client, settings, tiny_model_bytes):
@@ -625,3 +683,82 @@ def test_a_download_named_after_any_upload_has_a_header_latin_1_can_carry():
         _attachment("tiny-student.pt")
         == "attachment; filename=\"tiny-student.pt\"; filename*=UTF-8''tiny-student.pt"
     )
+
+
+def test_a_worker_that_loses_its_job_while_uploading_leaves_the_holders_results_alone(
+    client, settings, tiny_model_bytes, monkeypatch
+):
+    import worker.tasks as tasks
+
+    job_id = submit(client, tiny_model_bytes).json()["id"]
+    upload = tasks._upload_outputs
+
+    def taken_away_first(*args, **kwargs):
+        # While this worker ran, the reaper took its job back and worker w2 claimed it.
+        with session_scope(settings.resolved_database_url) as session:
+            assert jobs.requeue_job(session, job_id=job_id)
+        assert _claim(settings, job_id, "w2") is not None
+        return upload(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "_upload_outputs", taken_away_first)
+    assert execute_job(job_id, settings) == "skipped"  # its end is not recorded ...
+    out = settings.home / "store" / "jobs" / job_id / "out"
+    assert not out.exists() or not any(out.rglob("*.pt"))  # ... and its uploads are removed
+    monkeypatch.setattr(tasks, "_upload_outputs", upload)
+    with session_scope(settings.resolved_database_url) as session:
+        assert jobs.requeue_job(session, job_id=job_id, worker="w2")  # w2 died in turn
+    (out / "2").mkdir(parents=True)
+    (out / "2" / "student.pt").write_bytes(b"half an upload of w2's")
+    assert execute_job(job_id, settings) == "succeeded"
+    assert sorted(path.name for path in out.iterdir()) == ["3"]  # earlier attempts' files gone
+    model = client.get(f"/v1/jobs/{job_id}/model", headers=auth())
+    student = torch.jit.load(io.BytesIO(model.content))
+    assert student(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+
+
+def test_a_bare_seeded_key_works_but_is_never_stored_or_shown_as_its_owner(tmp_path, tiny_model_bytes):
+    from kegnet_service.keys import parse_seed
+
+    bare = "carol-bare-key-0123456789"
+    seeded = Settings(home=tmp_path / "bare", api_keys=f"alice:{ALICE},{bare}")
+    seeded.home.mkdir()
+    import migrations
+
+    migrations.upgrade(seeded.resolved_database_url)
+    with TestClient(create_app(seeded)) as bare_client:
+        job = submit(bare_client, tiny_model_bytes, headers=auth(bare)).json()
+        assert bare_client.get(f"/v1/jobs/{job['id']}", headers=auth(bare)).status_code == 200
+        assert bare_client.get(f"/v1/jobs/{job['id']}", headers=auth(ALICE)).status_code == 404
+    (row,) = _job_rows(seeded)
+    assert bare not in row.owner and row.owner.startswith("key-")
+    # A bare key an earlier release stored as its own owner moves, jobs and all, when seeded.
+    from kegnet_service.keys import seed_keys
+    from kegnet_service.models import ApiKey
+
+    with session_scope(seeded.resolved_database_url) as session:
+        session.query(Job).update({Job.owner: bare})
+        session.query(ApiKey).filter(ApiKey.owner == row.owner).update({ApiKey.owner: bare})
+    with session_scope(seeded.resolved_database_url) as session:
+        seed_keys(session, seeded.api_keys)
+    with session_scope(seeded.resolved_database_url) as session:
+        owners = {owner for (owner,) in session.query(ApiKey.owner)} | {
+            job.owner for job in session.query(Job)
+        }
+    assert owners == {"alice", row.owner}
+    with pytest.raises(ValueError, match="no owner"):
+        parse_seed(f":{bare}")
+
+
+def test_a_job_given_up_at_its_claim_leaves_only_its_upload(client, settings, tiny_model_bytes):
+    job_id = submit(client, tiny_model_bytes).json()["id"]
+    for attempt in range(1, settings.max_attempts + 1):
+        assert _claim(settings, job_id, f"w{attempt}") is not None
+        key = settings.home / "store" / jobs.attempt_prefix(job_id, attempt) / "student.pt"
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_bytes(b"half an upload")
+        with session_scope(settings.resolved_database_url) as session:
+            assert jobs.requeue_job(session, job_id=job_id)  # handed back (a store outage, say)
+    assert execute_job(job_id, settings) == "skipped"
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
+    assert job["status"] == "failed" and job["error"]["code"] == "too_many_attempts"
+    assert [path.name for path in _stored_objects(settings)] == ["teacher.pt"]
