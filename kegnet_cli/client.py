@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -77,35 +78,95 @@ def _check(response: httpx.Response) -> httpx.Response:
         error = response.json()["error"]
         message = f"{error['code']}: {error['message']}"
     except (ValueError, KeyError, TypeError):
-        message = response.text[:500]
+        message = _gist(response)
     raise ClientError(f"HTTP {response.status_code} {message}")
 
 
-def _request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
+def _gist(response: httpx.Response) -> str:
+    """One line of an answer that is not kegnet's error format: a web page's title, else the
+    first line of the text, else the status's reason."""
+    text = response.text.strip()
+    title = re.search(r"<title[^>]*>([^<]*)</title>", text, re.IGNORECASE)
+    line = title.group(1).strip() if title else (text.splitlines()[0] if text else "")
+    if line.lstrip().startswith("<"):  # markup without a title
+        line = ""
+    return " ".join(line.split())[:200] or response.reason_phrase
+
+
+def _request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    """The server's JSON answer; a ClientError for a refusal, no answer, or an answer that is
+    not a kegnet server's (a proxy's login page, another service on that port)."""
     try:
-        return _check(client.request(method, path, **kwargs))
+        response = _check(client.request(method, path, **kwargs))
     except httpx.HTTPError as exc:
         raise ClientError(f"cannot reach {client.base_url}: {exc}") from exc
+    try:
+        return response.json()
+    except ValueError:
+        kind = response.headers.get("content-type", "no content type")
+        raise ClientError(
+            f"{client.base_url} answered {path} with {kind}, not JSON: is --url a kegnet server?"
+        ) from None
+
+
+def output_path(output: str | None, default: str) -> Path:
+    """Where a download goes: ``output``, or ``default`` inside it where it is a folder (or
+    ends in a separator); checked before anything is sent, so a job never runs for nothing."""
+    if output is None:
+        path = Path(default)
+    else:
+        path = Path(output)
+        if path.is_dir() or output.endswith(("/", os.sep)) or path.name in ("", ".", ".."):
+            path = path / Path(default).name
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ClientError(f"cannot write {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise ClientError(f"cannot write {path}: {parent} is not writable")
+            break
+    return path
 
 
 def _download(client: httpx.Client, job_id: str, what: str, output: Path) -> Path:
-    output.parent.mkdir(parents=True, exist_ok=True)
+    artifact = DOWNLOADS[what]
     partial = output.with_name(f".{output.name}.part")
+    done = False
     try:
-        with client.stream(
-            "GET", f"/v1/jobs/{job_id}/{DOWNLOADS[what].name}", follow_redirects=True
-        ) as response:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with client.stream("GET", f"/v1/jobs/{job_id}/{artifact.name}", follow_redirects=True) as response:
             if response.status_code >= 400:
                 response.read()
                 _check(response)
+            kind = response.headers.get("content-type", "")
+            if kind.startswith("text/html") and artifact.media_type != kind:
+                raise ClientError(
+                    f"{client.base_url} sent a web page, not {artifact.file}: is --url a kegnet server?"
+                )
             with open(partial, "wb") as handle:
                 for chunk in response.iter_bytes():
                     handle.write(chunk)
+        partial.replace(output)
+        done = True
     except httpx.HTTPError as exc:
-        partial.unlink(missing_ok=True)
         raise ClientError(f"download failed: {exc}") from exc
-    partial.replace(output)
+    except OSError as exc:
+        raise ClientError(f"cannot write {output}: {exc.strerror or exc}") from exc
+    finally:
+        if not done:  # an error, or Ctrl-C: no half file is left behind
+            partial.unlink(missing_ok=True)
     return output
+
+
+def positive_seconds(text: str) -> float:
+    """``--interval``: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def _wait(client: httpx.Client, job_id: str, interval: float) -> dict[str, Any]:
@@ -113,7 +174,7 @@ def _wait(client: httpx.Client, job_id: str, interval: float) -> dict[str, Any]:
     announced = False
     try:
         while True:
-            job: dict[str, Any] = _request(client, "GET", f"/v1/jobs/{job_id}").json()
+            job: dict[str, Any] = _request(client, "GET", f"/v1/jobs/{job_id}")
             if job["status"] in TERMINAL_STATUSES:
                 return job
             measured = (job.get("metrics") or {}).get("estimate_s")
@@ -142,6 +203,9 @@ def _duration(seconds: float) -> str:
 def submit(args: argparse.Namespace) -> int:
     from kegnet_cli.offline import summary_lines
 
+    if args.extract and args.task not in ("compress", "extract"):
+        print(f"kegnet submit: --extract and --task {args.task} ask for two different jobs", file=sys.stderr)
+        return 2
     task = "extract" if args.extract else args.task
     spec = spec_from_args(args, task)
     if task == "quantize" and spec["quantize"] == "none":  # the option's default: a quantize job is int8
@@ -150,32 +214,31 @@ def submit(args: argparse.Namespace) -> int:
     if not model.is_file():
         print(f"kegnet submit: no such file: {model}", file=sys.stderr)
         return 2
+    what, default = {
+        "extract": ("generators", f"{model.stem}_generators.zip"),
+        "quantize": ("model_int8", f"{model.stem}_int8.pt"),
+    }.get(task, ("model", f"{model.stem}_student.pt"))
+    output = output_path(args.output, default) if args.wait else None
     with _client(args) as client:
         headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
         with open(model, "rb") as handle:
             files = {"model": (model.name, handle, "application/octet-stream")}
             job = _request(
                 client, "POST", "/v1/jobs", files=files, data={"spec": json.dumps(spec)}, headers=headers
-            ).json()
+            )
         budget = job["spec"].get("budget_s")
         within = f", to end within {_duration(budget)}" if budget is not None else ""
         print(f"job {job['id']} {job['status']}{within}", file=sys.stderr)
-        if not args.wait:
+        if output is None:
             print(job["id"])
             return 0
         job = _wait(client, job["id"], args.interval)
         if job["status"] != "succeeded":
             error = job.get("error") or {}
-            print(
-                f"job {job['id']} {job['status']}: {error.get('code', '')} {error.get('message', '')}",
-                file=sys.stderr,
-            )
+            why = f"{error.get('code', '')}: {error.get('message', '')}" if error else "no error was given"
+            print(f"job {job['id']} {job['status']}: {why}", file=sys.stderr)
             return 1
-        what, default = {
-            "extract": ("generators", f"{model.stem}_generators.zip"),
-            "quantize": ("model_int8", f"{model.stem}_int8.pt"),
-        }.get(task, ("model", f"{model.stem}_student.pt"))
-        output = _download(client, job["id"], what, Path(args.output or default))
+        output = _download(client, job["id"], what, output)
         if task == "compress" and "model_int8" in job.get("links", {}):  # --quantize int8: both students
             int8 = _download(client, job["id"], "model_int8", output.with_name(f"{output.stem}_int8.pt"))
             print(f"wrote {int8}")
@@ -192,7 +255,7 @@ def list_jobs(args: argparse.Namespace) -> int:
     if args.status:
         params["status"] = args.status
     with _client(args) as client:
-        page = _request(client, "GET", "/v1/jobs", params=params).json()
+        page = _request(client, "GET", "/v1/jobs", params=params)
     if args.json:
         print(json.dumps(page, indent=2))
         return 0
@@ -209,21 +272,23 @@ def list_jobs(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        job = _request(client, "GET", f"/v1/jobs/{args.job_id}").json()
+        job = _request(client, "GET", f"/v1/jobs/{args.job_id}")
     print(json.dumps(job, indent=2))
     return 0
 
 
 def download(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        output = _download(client, args.job_id, args.what, Path(args.output or DOWNLOADS[args.what].file))
+        output = _download(
+            client, args.job_id, args.what, output_path(args.output, DOWNLOADS[args.what].file)
+        )
     print(f"wrote {output}")
     return 0
 
 
 def cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        job = _request(client, "POST", f"/v1/jobs/{args.job_id}/cancel").json()
+        job = _request(client, "POST", f"/v1/jobs/{args.job_id}/cancel")
     print(f"job {job['id']} {job['status']}{' (cancel requested)' if job['status'] == 'running' else ''}")
     return 0
 
@@ -247,7 +312,7 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     submit_parser.add_argument("--extract", action="store_true", help="the same as --task extract")
     submit_parser.add_argument("--wait", action="store_true", help="follow the job, then download the result")
     submit_parser.add_argument("-o", "--output", help="where --wait saves the result")
-    submit_parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    submit_parser.add_argument("--interval", type=positive_seconds, default=1.0, help="seconds between polls")
     submit_parser.add_argument("--idempotency-key", help="retrying with the same key returns the same job")
     _connection_options(submit_parser)
     submit_parser.set_defaults(handler=submit)

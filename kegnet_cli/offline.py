@@ -156,7 +156,7 @@ def run_offline(args: argparse.Namespace, task: str) -> int:
     names (:class:`kegnet_core.artifacts.Layout`), and the files are moved
     into place only when it succeeds.
     """
-    from kegnet_core.artifacts import REPORT, STUDENT, STUDENT_INT8, Layout
+    from kegnet_core.artifacts import DOWNLOADS, REPORT, STUDENT, STUDENT_INT8, Layout
     from kegnet_core.pipeline import run
     from kegnet_core.spec import parse_spec
 
@@ -178,15 +178,23 @@ def run_offline(args: argparse.Namespace, task: str) -> int:
     if beside and output.resolve() == model.resolve():
         print(f"kegnet {task}: -o {output} is the model itself; name another file", file=sys.stderr)
         return 2
+    target = output.parent if beside else output
+    stem = output.stem if beside else None
+    # A quantize job's model is the int8 one: it takes -o's name.
+    primary = STUDENT_INT8.file if task == "quantize" else STUDENT.file
+    # Known before the run: a download's name that is the model's (the rest is checked after).
+    named = {Layout(target, stem, primary).path(artifact.file).resolve() for artifact in DOWNLOADS.values()}
+    if model.resolve() in named:
+        print(
+            f"kegnet {task}: a file of the run would replace the model {model}; name -o elsewhere",
+            file=sys.stderr,
+        )
+        return 2
     bar = ProgressBar()
     try:
         spec = parse_spec(spec_from_args(args, task))
-        target = output.parent if beside else output
         target.mkdir(parents=True, exist_ok=True)
-        stem = output.stem if beside else None
         with tempfile.TemporaryDirectory(dir=target, prefix=".kegnet-run-") as scratch:
-            # A quantize job's model is the int8 one: it takes -o's name.
-            primary = STUDENT_INT8.file if task == "quantize" else STUDENT.file
             layout = Layout(Path(scratch), stem, primary)
             report = run(args.model, spec, layout, progress=bar, device=args.device)
             bar.close()
@@ -204,6 +212,10 @@ def run_offline(args: argparse.Namespace, task: str) -> int:
         where = f" ({exc.field})" if exc.field else ""
         print(f"kegnet {task}: {exc.code}{where}: {exc.message}", file=sys.stderr)
         return 2
+    except OSError as exc:  # -o under a file, a folder we may not write, a full disk
+        bar.close()
+        print(f"kegnet {task}: cannot write {exc.filename or target}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     for line in summary_lines(report):
         print(line)
     written = output if beside else Layout(output).path(REPORT.file)

@@ -36,7 +36,7 @@ def parse_budget(text: str) -> float:
     try:
         return parse_duration(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--budget: {exc}") from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_ranks(text: str) -> str | float | dict[str, list[int]]:
@@ -51,9 +51,9 @@ def parse_ranks(text: str) -> str | float | dict[str, list[int]]:
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise argparse.ArgumentTypeError(f"--ranks JSON is invalid: {exc}") from None
+            raise argparse.ArgumentTypeError(f"the JSON is invalid: {exc}") from None
         if not isinstance(value, dict):
-            raise argparse.ArgumentTypeError("--ranks JSON must be an object of layer: [out, in]")
+            raise argparse.ArgumentTypeError("the JSON must be an object of layer: [out, in]")
         return value
     ranks: dict[str, list[int]] = {}
     for item in text.split(","):
@@ -62,7 +62,7 @@ def parse_ranks(text: str) -> str | float | dict[str, list[int]]:
             out_rank, in_rank = (int(part) for part in pair.split(":"))
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"--ranks must be auto, evbmf, a fraction, or layer=OUT:IN pairs, got {item!r}"
+                f"auto, evbmf, a fraction, or layer=OUT:IN pairs, got {item!r}"
             ) from None
         ranks[name.strip()] = [out_rank, in_rank]
     return ranks
