@@ -81,6 +81,7 @@ _SCALAR_OPS: dict[str, Callable[..., Any]] = {
     "aten::__contains__": operator.contains,
     "aten::__getitem__": operator.getitem,
     "aten::len": len,
+    "aten::list": list,  # a copy of a list (scripted F.group_norm: list(input.size()[2:]))
     "aten::Int": int,
     "aten::Float": float,
     "aten::Bool": bool,

@@ -223,7 +223,20 @@ def validate(
             target_ratio=spec.target_ratio,
         )
         if not plan.layers:
-            raise SpecError("no layer would get smaller; name layers or lower the ranks", field="layers")
+            grouped = [
+                name
+                for name, module in teacher.named_modules()
+                if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups > 1
+            ]
+            why = (
+                f" ({len(grouped)} grouped or depthwise convolutions, {grouped[0]!r} the first, are never"
+                " factorised: each of their filters reads few channels already)"
+                if grouped
+                else ""
+            )
+            raise SpecError(
+                f"no layer would get smaller{why}; name layers or lower the ranks", field="layers"
+            )
         validated.plan = plan
         if spec.target_ratio is not None or spec.ranks == "auto":
             validated.plan_ratio = spec.target_ratio or AUTO_RATIO

@@ -521,16 +521,23 @@ def fraction_ranks(module: Conv | nn.Linear, keep: float) -> Ranks:
     return max(1, round(keep * out_channels)), max(1, round(keep * in_channels))
 
 
-def _energy_rank(matrix: torch.Tensor, energy: float) -> int:
-    """Smallest rank whose singular values hold ``energy`` of the squared total."""
+def _energy_curve(matrix: torch.Tensor) -> torch.Tensor:
+    """The share of the squared singular values held by the first 1, 2, ... of them."""
     s2 = torch.linalg.svdvals(matrix.to(torch.float64)) ** 2
-    cumulative = torch.cumsum(s2, 0) / s2.sum()
-    return min(int(torch.searchsorted(cumulative, torch.tensor(energy, dtype=torch.float64))) + 1, len(s2))
+    return torch.cumsum(s2, 0) / s2.sum()
 
 
-def _energy_ranks(module: Conv | nn.Linear, energy: float) -> Ranks:
+def _rank_at(curve: torch.Tensor, energy: float) -> int:
+    """Smallest rank whose singular values hold ``energy`` of the squared total."""
+    return min(int(torch.searchsorted(curve, torch.tensor(energy, dtype=torch.float64))) + 1, len(curve))
+
+
+def _energy_curves(module: Conv | nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both unfoldings' energy curves (output side, input side): computed once per layer, as a
+    search over energy levels reads them at every level (30 SVDs per layer before, 2026-12-05:
+    98 of 102 s of a 224k-parameter model's validation on a loaded 2-core machine)."""
     out_unfolding, in_unfolding = _unfoldings(module)
-    return _energy_rank(out_unfolding, energy), _energy_rank(in_unfolding, energy)
+    return _energy_curve(out_unfolding), _energy_curve(in_unfolding)
 
 
 RankSpec = str | float | Mapping[str, Sequence[int]]
@@ -737,8 +744,10 @@ def _plan_for_ratio(
     if not target > 1:
         raise SpecError(f"target_ratio must be above 1, got {target}", field="target_ratio")
 
+    curves = {name: _energy_curves(module) for name, module in chosen.items()}
+
     def plan_at(energy: float) -> CompressionPlan:
-        picked = {name: _energy_ranks(module, energy) for name, module in chosen.items()}
+        picked = {name: (_rank_at(out, energy), _rank_at(inp, energy)) for name, (out, inp) in curves.items()}
         return _make_plan(chosen, picked, total, keep_all=False)
 
     smallest = _make_plan(chosen, {name: (1, 1) for name in chosen}, total, keep_all=False)

@@ -188,7 +188,27 @@ class _Attention(nn.Module):
         return self.head(self.attention(tokens, tokens, tokens)[0].mean(1))
 
 
-@pytest.mark.parametrize("factory", [_Everyday, _Attention], ids=["everyday", "attention"])
+class _Normalised(nn.Module):
+    """Norms other than BatchNorm (scripted F.group_norm copies a list: aten::list, 2026-12-05)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.group = nn.GroupNorm(4, 8)
+        self.mid = nn.Conv2d(8, 8, 3, padding=1)
+        self.instance = nn.InstanceNorm2d(8, affine=True)
+        self.layer = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.gelu(self.group(self.stem(x)))
+        z = nn.functional.hardswish(self.instance(self.mid(y))) + nn.functional.silu(y)
+        return self.head(self.layer(z.mean((2, 3))))
+
+
+@pytest.mark.parametrize(
+    "factory", [_Everyday, _Attention, _Normalised], ids=["everyday", "attention", "normalised"]
+)
 def test_scripted_everyday_layers_load_and_train(factory):
     torch.manual_seed(0)
     original = factory().eval()

@@ -117,3 +117,28 @@ def test_explicit_ranks_for_a_layer_the_model_lacks_blame_ranks():
 )
 def test_a_job_that_factorises_nothing_refuses_options_it_would_ignore(fields, field):
     assert _refusal(**fields).field == field
+
+
+class _Depthwise(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.depthwise(x).mean((2, 3)))
+
+
+def test_a_model_of_depthwise_convolutions_is_told_why_nothing_gets_smaller(tmp_path):
+    from kegnet_core import stages
+    from tests.core.models import torchscript_bytes
+
+    path = tmp_path / "dw.pt"
+    path.write_bytes(torchscript_bytes(_Depthwise().eval(), (8, 6, 6)))
+    spec = parse_spec({"input_shape": [8, 6, 6], "ranks": 0.5, "preset": "quick"})
+    with pytest.raises(SpecError) as caught:
+        stages.validate(path, spec, device=torch.device("cpu"))
+    assert (
+        caught.value.field == "layers"
+        and "depthwise convolutions, 'depthwise' the first" in caught.value.message
+    )
