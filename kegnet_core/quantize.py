@@ -350,7 +350,11 @@ def quantize_onnx(
     except UnsupportedModelError:
         raise
     except Exception as exc:  # an op ONNX Runtime's quantiser or runtime does not take
-        raise UnsupportedModelError(f"the student could not be quantised to int8 ONNX: {exc}") from exc
+        raise UnsupportedModelError(
+            "ONNX Runtime's quantiser or runtime could not make an int8 ONNX file of this graph "
+            f"({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1]}); the TorchScript int8"
+            " file stands"
+        ) from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -700,12 +700,33 @@ def _auto_out_of_reach(model: nn.Module, layers: Sequence[str]) -> SpecError:
     ordered = _execution_order(model)
     output = f" and the output layer {ordered[-1]!r}" if ordered else ""
     untouched = 1 - sum(dense_params(module) for module in chosen.values()) / max(1, total)
+    grouped = sum(
+        dense_params(module)
+        for module in model.modules()
+        if isinstance(module, CONVOLUTIONS) and module.groups > 1
+    )
+    why = (
+        f"; grouped or depthwise convolutions, which are never factorised, hold {grouped / max(1, total):.0%}"
+        if grouped
+        else ""
+    )
+    everything = {
+        **chosen,
+        **({ordered[-1]: candidates[ordered[-1]]} if ordered and ordered[-1] in candidates else {}),
+    }
+    widest = _make_plan(
+        everything, {name: (1, 1) for name in everything}, total, keep_all=False
+    ).compression_ratio
+    naming = (
+        " or name the layers to factorise, the output layer among them"
+        if widest >= AUTO_RATIO
+        else f" (even the output layer too would give only {widest:.2f}x)"
+    )
     return SpecError(
         f"the default ranks ('auto') make a model {AUTO_RATIO:g}x smaller, which this one cannot be: "
         f"factorising every layer but the output one, at rank 1, gives {reach:.2f}x "
-        f"({untouched:.0%} of the parameters are in layers that cannot be factorised{output}); "
-        f"ask for less (target_ratio below {reach:.2f}) or name the layers to factorise, the output "
-        "layer among them",
+        f"({untouched:.0%} of the parameters are in layers that cannot be factorised{output}{why}); "
+        f"ask for less (target_ratio below {reach:.2f}){naming}",
         field="ranks",
     )
 

@@ -142,3 +142,23 @@ def test_a_model_of_depthwise_convolutions_is_told_why_nothing_gets_smaller(tmp_
         caught.value.field == "layers"
         and "depthwise convolutions, 'depthwise' the first" in caught.value.message
     )
+
+
+class _MostlyGrouped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 64, 3, padding=1)
+        self.grouped = nn.Sequential(*(nn.Conv2d(64, 64, 3, padding=1, groups=4) for _ in range(3)))
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.grouped(self.stem(x)).mean((2, 3)))
+
+
+def test_default_ranks_out_of_reach_name_grouped_convolutions_and_offer_no_hint_that_cannot_work():
+    with pytest.raises(SpecError) as caught:
+        plan_compression(_MostlyGrouped())
+    message = caught.value.message
+    assert caught.value.field == "ranks"
+    assert "grouped or depthwise convolutions, which are never factorised, hold 92%" in message
+    assert "name the layers" not in message and "even the output layer too would give only" in message
