@@ -24,7 +24,7 @@ from kegnet_service.db import read_session_factory, session_factory, session_sco
 from kegnet_service.keys import seed_keys
 from kegnet_service.queue import ensure_broker_folders, make_celery
 from kegnet_service.settings import Settings, get_settings
-from kegnet_service.storage import open_store
+from kegnet_service.storage import settings_store
 
 log = logging.getLogger("kegnet.api")
 
@@ -41,17 +41,11 @@ Every `/v1` call needs `Authorization: Bearer <API key>`.
 
 
 def build_services(settings: Settings) -> Services:
-    store = open_store(
-        settings.resolved_storage_url,
-        endpoint_url=settings.s3_endpoint_url,
-        public_endpoint_url=settings.s3_public_endpoint_url,
-        region=settings.s3_region,
-    )
     return Services(
         settings=settings,
         sessions=session_factory(settings.resolved_database_url),
         readers=read_session_factory(settings.resolved_database_url),
-        store=store,
+        store=settings_store(settings),
         celery=make_celery(settings),
     )
 

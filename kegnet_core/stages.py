@@ -93,6 +93,7 @@ from kegnet_core.tucker import (
     AUTO_RATIO,
     CompressionPlan,
     apply_plan,
+    grouped_convolutions,
     layer_moments,
     plan_compression,
     plan_on_activations,
@@ -223,11 +224,7 @@ def validate(
             target_ratio=spec.target_ratio,
         )
         if not plan.layers:
-            grouped = [
-                name
-                for name, module in teacher.named_modules()
-                if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups > 1
-            ]
+            grouped = list(grouped_convolutions(teacher))
             why = (
                 f" ({len(grouped)} grouped or depthwise convolutions, {grouped[0]!r} the first, are never"
                 " factorised: each of their filters reads few channels already)"

@@ -452,6 +452,15 @@ def factorisable_layers(model: nn.Module) -> dict[str, Conv | nn.Linear]:
     }
 
 
+def grouped_convolutions(model: nn.Module) -> dict[str, Conv]:
+    """The convolutions Tucker-2 leaves alone (groups > 1: grouped and depthwise), by module path."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, CONVOLUTIONS) and module.groups > 1
+    }
+
+
 def _execution_order(model: nn.Module) -> list[str]:
     """Factorisable layers in the order they run (in a traced graph; else as registered)."""
     layers = factorisable_layers(model)
@@ -641,7 +650,7 @@ def plan_compression(
         except SpecError as exc:
             if not from_auto or exc.field != "target_ratio":
                 raise
-            reach = _make_plan(chosen, {name: (1, 1) for name in chosen}, total, keep_all=False)
+            reach = _rank_one_plan(chosen, total)
             raise SpecError(
                 f"the default ranks ('auto') make the whole model {AUTO_RATIO:g}x smaller, which "
                 f"factorising only {sorted(chosen)} cannot: at rank 1 they give "
@@ -696,15 +705,11 @@ def _auto_out_of_reach(model: nn.Module, layers: Sequence[str]) -> SpecError:
     candidates = factorisable_layers(model)
     chosen = {name: candidates[name] for name in layers if name in candidates}
     total = sum(p.numel() for p in model.parameters())
-    reach = _make_plan(chosen, {name: (1, 1) for name in chosen}, total, keep_all=False).compression_ratio
+    reach = _rank_one_plan(chosen, total).compression_ratio
     ordered = _execution_order(model)
     output = f" and the output layer {ordered[-1]!r}" if ordered else ""
     untouched = 1 - sum(dense_params(module) for module in chosen.values()) / max(1, total)
-    grouped = sum(
-        dense_params(module)
-        for module in model.modules()
-        if isinstance(module, CONVOLUTIONS) and module.groups > 1
-    )
+    grouped = sum(dense_params(module) for module in grouped_convolutions(model).values())
     why = (
         f"; grouped or depthwise convolutions, which are never factorised, hold {grouped / max(1, total):.0%}"
         if grouped
@@ -714,9 +719,7 @@ def _auto_out_of_reach(model: nn.Module, layers: Sequence[str]) -> SpecError:
         **chosen,
         **({ordered[-1]: candidates[ordered[-1]]} if ordered and ordered[-1] in candidates else {}),
     }
-    widest = _make_plan(
-        everything, {name: (1, 1) for name in everything}, total, keep_all=False
-    ).compression_ratio
+    widest = _rank_one_plan(everything, total).compression_ratio
     naming = (
         " or name the layers to factorise, the output layer among them"
         if widest >= AUTO_RATIO
@@ -759,6 +762,11 @@ def _make_plan(
     return CompressionPlan(layers=tuple(plans), params_before=total, params_after=after)
 
 
+def _rank_one_plan(chosen: dict[str, Conv | nn.Linear], total: int) -> CompressionPlan:
+    """Every chosen layer at rank 1: the most these layers can shrink the model."""
+    return _make_plan(chosen, {name: (1, 1) for name in chosen}, total, keep_all=False)
+
+
 def _plan_for_ratio(
     chosen: dict[str, Conv | nn.Linear], total: int, target: float, *, explicit: bool
 ) -> CompressionPlan:
@@ -771,7 +779,7 @@ def _plan_for_ratio(
         picked = {name: (_rank_at(out, energy), _rank_at(inp, energy)) for name, (out, inp) in curves.items()}
         return _make_plan(chosen, picked, total, keep_all=False)
 
-    smallest = _make_plan(chosen, {name: (1, 1) for name in chosen}, total, keep_all=False)
+    smallest = _rank_one_plan(chosen, total)
     if smallest.compression_ratio < target:
         raise SpecError(
             f"target_ratio {target} is out of reach: factorising "

@@ -24,7 +24,7 @@ from kegnet_service import jobs
 from kegnet_service.db import session_scope
 from kegnet_service.queue import send_job
 from kegnet_service.settings import Settings
-from kegnet_service.storage import open_store
+from kegnet_service.storage import settings_store
 
 log = logging.getLogger("kegnet.reaper")
 ALIVE_FILE = "reaper.alive"
@@ -48,8 +48,8 @@ def reap_once(settings: Settings, celery: Celery) -> list[str]:
             elif jobs.requeue_job(session, job_id=job.id):
                 requeued.append(job.id)
         lost = jobs.stale_queued_jobs(session, older_than_s=settings.queued_resend_s)
-    for job_id in given_up:
-        _discard(settings, job_id)
+    if given_up:
+        _discard(settings, given_up)
     for job_id in lost:
         log.warning(
             "sending queued job %s again: no worker took it for %.0f s", job_id, settings.queued_resend_s
@@ -67,19 +67,19 @@ def reap_once(settings: Settings, celery: Celery) -> list[str]:
     return requeued + lost
 
 
-def _discard(settings: Settings, job_id: str) -> None:
-    """Delete the checkpoints and partial results of a job given up on, as far as the store
-    lets us (its workers died; none of them will)."""
+def _discard(settings: Settings, job_ids: list[str]) -> None:
+    """Delete the checkpoints and partial results of jobs given up on, as far as the store lets
+    us (their workers died; none of them will)."""
     try:
-        store = open_store(
-            settings.resolved_storage_url,
-            endpoint_url=settings.s3_endpoint_url,
-            public_endpoint_url=settings.s3_public_endpoint_url,
-            region=settings.s3_region,
-        )
-        jobs.discard_files(store, job_id=job_id)
+        store = settings_store(settings)
     except Exception:
-        log.warning("could not delete the files of job %s, given up on", job_id, exc_info=True)
+        log.warning("could not open the store to delete the files of jobs %s", job_ids, exc_info=True)
+        return
+    for job_id in job_ids:
+        try:
+            jobs.discard_files(store, job_id=job_id)
+        except Exception:
+            log.warning("could not delete the files of job %s, given up on", job_id, exc_info=True)
 
 
 def run_forever(settings: Settings, celery: Celery, stop: threading.Event | None = None) -> None:

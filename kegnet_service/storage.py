@@ -12,8 +12,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
+
+if TYPE_CHECKING:
+    from kegnet_service.settings import Settings
 
 CHUNK = 1024 * 1024
 
@@ -272,3 +275,13 @@ def open_store(
             raise ValueError(f"storage URL {url!r} names no bucket")
         return S3Store(parsed.netloc, parsed.path, endpoint_url, public_endpoint_url, region)
     raise ValueError(f"storage URL must start with file:// or s3://, got {url!r}")
+
+
+def settings_store(settings: Settings) -> LocalStore | S3Store:
+    """The store ``settings`` name (URL, endpoints, region): the API's, a worker's, the reaper's."""
+    return open_store(
+        settings.resolved_storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        public_endpoint_url=settings.s3_public_endpoint_url,
+        region=settings.s3_region,
+    )

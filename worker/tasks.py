@@ -29,7 +29,7 @@ from kegnet_service.queue import REAP, RUN_JOB
 from kegnet_service.reaper import reap_once
 from kegnet_service.retry import is_transient, with_retries
 from kegnet_service.settings import Settings, get_settings
-from kegnet_service.storage import LocalStore, S3Store, StoreError, open_store
+from kegnet_service.storage import LocalStore, S3Store, StoreError, settings_store
 from worker.heartbeat import Heartbeat
 from worker.reporting import JobReporter
 
@@ -41,12 +41,7 @@ def worker_name() -> str:
 
 
 def _store(settings: Settings) -> LocalStore | S3Store:
-    return open_store(
-        settings.resolved_storage_url,
-        endpoint_url=settings.s3_endpoint_url,
-        public_endpoint_url=settings.s3_public_endpoint_url,
-        region=settings.s3_region,
-    )
+    return settings_store(settings)
 
 
 def _upload_outputs(store: LocalStore | S3Store, job_id: str, prefix: str, out_dir: Path) -> list[str]:
@@ -205,18 +200,10 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
         with Heartbeat(
             settings.resolved_database_url, job_id, settings.heartbeat_interval_s, me
         ) as heartbeat:
-            try:
-                with_retries(
-                    lambda: store.get_file(jobs.model_key(job_id), teacher), what=f"fetching job {job_id}"
-                )
-            except StoreError as exc:
-                if not is_transient(exc):
-                    raise
-                log.warning("the store stayed unreachable; job %s goes back to the queue", job_id)
-                if _requeue(settings, job_id, me):
-                    return "requeued"
-                _let_go(settings, store, job_id, results)
-                return "skipped"
+            # A store that stays away hands the job back (``except StoreError`` below).
+            with_retries(
+                lambda: store.get_file(jobs.model_key(job_id), teacher), what=f"fetching job {job_id}"
+            )
             reporter = JobReporter(
                 database_url=settings.resolved_database_url,
                 job_id=job_id,
@@ -294,10 +281,9 @@ def execute_job(job_id: str, settings: Settings | None = None, worker: str | Non
             _cleanup(store, job_id)
     except StoreError as exc:
         if is_transient(exc):
-            # The store stayed away past the retries (most likely while uploading the results):
-            # the job goes back to the queue, as when the teacher could not be fetched, and its
-            # next attempt resumes from the checkpoints; the attempts limit ends an outage that
-            # never passes.
+            # The store stayed away past the retries (fetching the teacher, or storing the
+            # results): the job goes back to the queue, and its next attempt resumes from the
+            # checkpoints; the attempts limit ends an outage that never passes.
             log.warning("the store stayed unreachable; job %s goes back to the queue", job_id)
             outcome = "requeued" if _requeue(settings, job_id, me) else "skipped"
             if outcome == "skipped":

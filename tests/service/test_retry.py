@@ -87,12 +87,16 @@ def test_a_store_outage_puts_the_job_back_instead_of_failing_it(
         assert row is not None and row.attempts == 2
 
 
-class UploadOutage(LocalStore):
-    """A local store that refuses every upload of a job's results (reads work)."""
+class ResultsRefused(LocalStore):
+    """A local store whose every upload of a job's results fails with ``error`` (reads work)."""
+
+    def __init__(self, root: Path, error: StoreError) -> None:
+        super().__init__(root)
+        self.error = error
 
     def put_file(self, key: str, path: Path) -> None:
         if "/out/" in key:
-            raise StoreError("the store is restarting")
+            raise self.error
         super().put_file(key, path)
 
 
@@ -103,7 +107,11 @@ def test_a_store_outage_while_storing_the_results_hands_the_job_back(
 
     job_id = submit(client, tiny_model_bytes).json()["id"]
     monkeypatch.setattr("kegnet_service.retry.time.sleep", lambda _s: None)
-    monkeypatch.setattr(tasks, "_store", lambda _settings: UploadOutage(settings.home / "store"))
+    monkeypatch.setattr(
+        tasks,
+        "_store",
+        lambda _settings: ResultsRefused(settings.home / "store", StoreError("the store is restarting")),
+    )
     assert execute_job(job_id, settings) == "requeued"  # it was a failed job with store_error
     job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
     assert job["status"] == "queued" and job["error"] is None and job["attempts"] == 1
@@ -141,22 +149,19 @@ def test_a_store_that_refuses_is_not_an_outage(status, code, transient):
     assert is_transient(raised.value) is transient
 
 
-class Refused(LocalStore):
-    """A local store that denies every upload of a job's results, as S3 does a key without rights."""
-
-    def put_file(self, key: str, path: Path) -> None:
-        if "/out/" in key:
-            raise StoreRefused("S3 upload_file was refused: AccessDenied")
-        super().put_file(key, path)
-
-
 def test_a_store_that_refuses_the_results_fails_the_job_at_once(
     client, settings, tiny_model_bytes, monkeypatch
 ):
     import worker.tasks as tasks
 
     job_id = submit(client, tiny_model_bytes).json()["id"]
-    monkeypatch.setattr(tasks, "_store", lambda _settings: Refused(settings.home / "store"))
+    monkeypatch.setattr(
+        tasks,
+        "_store",
+        lambda _settings: ResultsRefused(  # as S3 denies a key without rights
+            settings.home / "store", StoreRefused("S3 upload_file was refused: AccessDenied")
+        ),
+    )
     assert execute_job(job_id, settings) == "failed"
     job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
     assert job["error"]["code"] == "store_error" and "AccessDenied" in job["error"]["message"]
